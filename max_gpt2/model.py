@@ -188,7 +188,7 @@ class GPT2Model(Module):
         self,
         input_ids: Tensor,  # (B, T) new tokens
         position_ids: Tensor,  # (B, T) their positions (a left-padded row starts later)
-        key_mask: Tensor,  # (B, S) float: 0 for a real token, -inf for padding
+        key_mask: Tensor,  # (B, S) float: 0 for a real token, a large negative for padding
         past_k: Tensor,  # (L, B, H, P, D)
         past_v: Tensor,  # (L, B, H, P, D)
     ) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,0 +1,420 @@
+"""`GPT2`: a checkpoint loaded into compiled MAX graphs, with logits and generation.
+
+Two graphs, each compiled once, on first use, with symbolic dimensions so that no batch size or
+length ever recompiles:
+- logits: input_ids ("batch", "seqlen") -> logits for every position;
+- step: new tokens plus a key/value cache ("past") -> the next token's logits and the grown
+  cache. Generation runs it once over the prompt (prefill, past = 0) and then once per token
+  (decode, seqlen = 1). The cache stays on the device between steps.
+
+MAX caches compiled graphs by structure (~/.cache/modular), so a new checkpoint of a size seen
+before compiles in seconds; a new size takes a minute or more on a CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from max_gpt2 import weights as ckpt
+from max_gpt2.config import GPT2Config
+from max_gpt2.errors import GPT2Error
+from max_gpt2.model import GPT2LMHeadModel, GPT2Step
+from max_gpt2.sampling import Sampling
+from max_gpt2.tokenizer import GPT2Tokenizer, TokenizerError
+
+
+PAD_BIAS = -1e9  # exp(-1e9 - max) is exactly 0 in float32
+
+
+class GenerationError(GPT2Error):
+    pass
+
+
+@dataclass
+class Generated:
+    """One row's result: the new tokens, their text, and why it stopped."""
+
+    tokens: list[int]
+    text: str
+    finish_reason: str  # "eos", "stop", "length" (max_new_tokens), "context" (n_positions)
+
+
+class GPT2:
+    def __init__(
+        self,
+        config: GPT2Config,
+        state: dict[str, np.ndarray],
+        *,
+        tokenizer: GPT2Tokenizer | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        source: str = "",
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.tokenizer = tokenizer
+        self.source = source
+        self.progress = progress
+        self._device = _device(device)
+        if dtype != "float32":
+            raise GPT2Error(f"dtype {dtype!r} is not supported yet; use float32")
+        self._logits_graph = None
+        self._step_graph = None
+
+    # --- loading ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source,
+        *,
+        config: GPT2Config | dict | None = None,
+        tokenizer: str | GPT2Tokenizer | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        revision: str | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> GPT2:
+        """Loads a GPT-2 checkpoint: a Hub id ("gpt2", "openai-community/gpt2-medium"), a folder,
+        a .safetensors or pytorch_model.bin file, or a transformers state dict (with config=).
+
+        The tokenizer comes from the checkpoint's folder when it has one; `tokenizer=` names
+        another folder (or passes a GPT2Tokenizer).
+        """
+        found = ckpt.resolve(source, config, revision)
+        for note in found.notes:
+            if progress:
+                progress(note)
+        state = ckpt.adapt(found.tensors, found.config)
+        ckpt.check(state, expected_shapes(found.config), found.config, found.source)
+        if isinstance(tokenizer, (str,)) or hasattr(tokenizer, "__fspath__"):
+            tokenizer = GPT2Tokenizer.from_folder(tokenizer)
+        elif tokenizer is None and found.folder is not None:
+            try:
+                tokenizer = GPT2Tokenizer.from_folder(found.folder)
+            except TokenizerError:
+                tokenizer = None  # logits need none; text generation says so when asked
+        return cls(found.config, state, tokenizer=tokenizer, device=device, dtype=dtype,
+                   source=found.source, progress=progress)
+
+    @property
+    def num_parameters(self) -> int:
+        """Distinct parameters; a tied head shares wte's and is counted once, as transformers does."""
+        return sum(int(np.prod(a.shape)) for a in self.state.values())
+
+    # --- compiled graphs ----------------------------------------------------------------------
+
+    def _compile(self, module_cls, *input_types):
+        import max.experimental.functional as F
+        from max.dtype import DType
+        from max.experimental.tensor import default_device, default_dtype
+
+        label = "logits" if module_cls is GPT2LMHeadModel else "generation"
+        self._say(f"compiling the {label} graph for {self.describe()} (a minute or more the first time for a new size)")
+        start = time.perf_counter()
+        with F.lazy(), default_device(self._device), default_dtype(DType.float32):
+            module = module_cls(self.config)
+        compiled = module.compile(*input_types, weights=self.state)
+        self._say(f"compiled the {label} graph in {time.perf_counter() - start:.1f}s")
+        return compiled
+
+    def _types(self):
+        from max.dtype import DType
+        from max.experimental.tensor import TensorType
+
+        return DType, TensorType
+
+    @property
+    def logits_graph(self):
+        if self._logits_graph is None:
+            DType, TensorType = self._types()
+            self._logits_graph = self._compile(
+                GPT2LMHeadModel, TensorType(DType.int64, ("batch", "seqlen"), device=self._device)
+            )
+        return self._logits_graph
+
+    @property
+    def step_graph(self):
+        if self._step_graph is None:
+            DType, TensorType = self._types()
+            c, dev = self.config, self._device
+            cache = (c.n_layer, "batch", c.n_head, "past", c.head_dim)
+            self._step_graph = self._compile(
+                GPT2Step,
+                TensorType(DType.int64, ("batch", "seqlen"), device=dev),  # new tokens
+                TensorType(DType.int64, ("batch", "seqlen"), device=dev),  # their positions
+                TensorType(DType.float32, ("batch", "total"), device=dev),  # key mask, past + new
+                TensorType(DType.float32, cache, device=dev),  # past keys
+                TensorType(DType.float32, cache, device=dev),  # past values
+            )
+        return self._step_graph
+
+    def compile(self) -> GPT2:
+        """Compiles both graphs now rather than on first use."""
+        self.logits_graph, self.step_graph  # noqa: B018
+        return self
+
+    # --- inference ----------------------------------------------------------------------------
+
+    def logits(self, input_ids) -> np.ndarray:
+        """Token ids [batch, seq] (or [seq]) -> float32 logits [batch, seq, vocab]."""
+        ids = np.asarray(input_ids, dtype=np.int64)
+        if ids.ndim == 1:
+            ids = ids[None]
+        self._check_ids(ids)
+        return self.logits_graph(self._tensor(ids)).to_numpy()
+
+    def _check_ids(self, ids: np.ndarray) -> None:
+        if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
+            raise GenerationError(f"input_ids must be [batch, seq] with seq >= 1, got shape {list(ids.shape)}")
+        if ids.shape[1] > self.config.n_positions:
+            raise GenerationError(
+                f"{ids.shape[1]} tokens do not fit the model's context of {self.config.n_positions} (n_positions)"
+            )
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            raise GenerationError(f"token ids must be in [0, {self.config.vocab_size}), got {ids.min()}..{ids.max()}")
+
+    def _tensor(self, array: np.ndarray):
+        from max.experimental.tensor import Tensor
+
+        return Tensor.from_dlpack(np.ascontiguousarray(array)).to(self._device)
+
+    def generate_tokens(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int = 50,
+        sampling: Sampling | None = None,
+        *,
+        sliding_window: bool = False,
+    ) -> Iterator[np.ndarray]:
+        """Yields the next token of every prompt, one [batch] array per step.
+
+        Prompts of different lengths share one batch: they are left-padded, the padding is
+        masked out of attention, and positions count from each prompt's own start, so each row
+        gets the tokens it would get alone. The caller decides when a row is finished.
+
+        At the context limit (n_positions) it stops, unless `sliding_window`: then it keeps the
+        last half of the context, recomputes its cache, and goes on.
+        """
+        sampling = sampling or Sampling()
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+        rows = [list(map(int, p)) for p in prompts]
+        if not rows or any(not r for r in rows):
+            raise GenerationError("empty prompt: give at least one token")
+        n_ctx = self.config.n_positions
+        if sliding_window:
+            rows = [r[-(n_ctx - 1):] for r in rows]
+        elif (longest := max(map(len, rows))) >= n_ctx:
+            raise GenerationError(
+                f"the prompt is {longest} tokens; GPT-2 reads at most {n_ctx} and needs room for "
+                "new ones: shorten it (or use a sliding window)"
+            )
+        self._check_ids(np.array([[t for r in rows for t in r]]))
+        sample = sampling.sampler()
+        history = [list(r) for r in rows]  # every row's tokens so far, for re-prefill
+        logits, cache = self._prefill(rows)
+        for step in range(max_new_tokens):
+            nxt = sample(logits)
+            yield nxt
+            for h, t in zip(history, nxt):
+                h.append(int(t))
+            if step == max_new_tokens - 1:
+                return
+            if cache.length + 1 > n_ctx:
+                if not sliding_window:
+                    return
+                logits, cache = self._prefill([h[-(n_ctx // 2):] for h in history])
+            else:
+                logits, cache = self._decode(nxt, cache)
+
+    def _prefill(self, rows: list[list[int]]):
+        b, width = len(rows), max(map(len, rows))
+        ids = np.zeros((b, width), np.int64)
+        real = np.zeros((b, width), bool)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = r
+            real[i, width - len(r):] = True
+        positions = np.maximum(real.cumsum(axis=1) - 1, 0)
+        c = self.config
+        empty = np.zeros((c.n_layer, b, c.n_head, 0, c.head_dim), np.float32)
+        # Finite, unlike the causal mask: a padding query must still see something, or its row
+        # of softmax is NaN and, through 0 * NaN in later layers' values, poisons the real rows.
+        key_mask = np.where(real, 0.0, PAD_BIAS).astype(np.float32)
+        cache = _Cache(key_mask=key_mask, next_position=real.sum(axis=1), k=self._tensor(empty), v=self._tensor(empty))
+        return self._run(ids, positions, cache)
+
+    def _decode(self, tokens: np.ndarray, cache: _Cache):
+        cache.key_mask = np.concatenate([cache.key_mask, np.zeros((len(tokens), 1), np.float32)], axis=1)
+        positions = cache.next_position[:, None]
+        cache.next_position = cache.next_position + 1
+        return self._run(np.asarray(tokens, np.int64)[:, None], positions, cache)
+
+    def _run(self, ids, positions, cache: _Cache):
+        logits, cache.k, cache.v = self.step_graph(
+            self._tensor(ids), self._tensor(positions.astype(np.int64)), self._tensor(cache.key_mask), cache.k, cache.v
+        )
+        return logits.to_numpy(), cache
+
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        max_new_tokens: int = 50,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        sliding_window: bool = False,
+    ) -> str | list[str]:
+        """Continues a prompt (or each of a list of prompts, as one batch) and returns the new text.
+
+        Greedy by default, as in transformers; `do_sample=True` samples with `temperature`,
+        `top_k` and `top_p`, reproducibly when `seed` is set. Stops at <|endoftext|>, at any of
+        the `stop` strings (which are cut off), or after `max_new_tokens`.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        sampling = Sampling(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        results = self.complete(prompts, max_new_tokens, sampling, stop=stop, sliding_window=sliding_window)
+        texts = [r.text for r in results]
+        return texts[0] if isinstance(prompt, str) else texts
+
+    def complete(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 50,
+        sampling: Sampling | None = None,
+        *,
+        stop: str | Sequence[str] | None = None,
+        sliding_window: bool = False,
+    ) -> list[Generated]:
+        """Like `generate`, with the tokens and the reason each row stopped."""
+        tok = self._need_tokenizer()
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        encoded = [self._encode(p) for p in prompts]
+        rows = [Generated([], "", "length") for _ in prompts]
+        done = [False] * len(prompts)
+        for nxt in self.generate_tokens(encoded, max_new_tokens, sampling, sliding_window=sliding_window):
+            for i, t in enumerate(nxt):
+                if done[i]:
+                    continue
+                if int(t) == tok.eos_token_id:
+                    done[i], rows[i].finish_reason = True, "eos"
+                    continue
+                rows[i].tokens.append(int(t))
+                if stops:
+                    text = tok.decode(rows[i].tokens)
+                    if (cut := _first_stop(text, stops)) is not None:
+                        rows[i].text, done[i], rows[i].finish_reason = text[:cut], True, "stop"
+            if all(done):
+                break
+        for i, r in enumerate(rows):
+            if r.finish_reason != "stop":
+                r.text = tok.decode(r.tokens)
+            if not done[i] and len(r.tokens) < max_new_tokens:
+                r.finish_reason = "context"
+        return rows
+
+    def stream(
+        self,
+        prompt: str,
+        max_new_tokens: int = 50,
+        sampling: Sampling | None = None,
+        *,
+        stop: str | Sequence[str] | None = None,
+        sliding_window: bool = False,
+    ) -> Iterator[str]:
+        """Yields the continuation of one prompt as text pieces, as the tokens arrive.
+
+        A piece never ends inside a multi-byte character. Stop strings are not yielded.
+        """
+        tok = self._need_tokenizer()
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        hold = max((len(s) for s in stops), default=1) - 1  # text that may still begin a stop string
+        text_stream, text, sent = tok.stream(), "", 0
+        for nxt in self.generate_tokens([self._encode(prompt)], max_new_tokens, sampling, sliding_window=sliding_window):
+            t = int(nxt[0])
+            if t == tok.eos_token_id:
+                break
+            text += text_stream.push(t)
+            if (cut := _first_stop(text, stops)) is not None:
+                if cut > sent:
+                    yield text[sent:cut]
+                return
+            if len(text) - hold > sent:
+                yield text[sent:len(text) - hold]
+                sent = len(text) - hold
+        text += text_stream.flush()
+        cut = _first_stop(text, stops)
+        if (cut if cut is not None else len(text)) > sent:
+            yield text[sent:cut]
+
+    def _need_tokenizer(self) -> GPT2Tokenizer:
+        if self.tokenizer is None:
+            raise TokenizerError(
+                f"{self.source or 'this checkpoint'} has no tokenizer files (tokenizer.json, or vocab.json "
+                "and merges.txt): pass tokenizer= / --tokenizer with a folder that has them"
+            )
+        return self.tokenizer
+
+    def _encode(self, prompt: str) -> list[int]:
+        if not isinstance(prompt, str):
+            raise GenerationError(f"a prompt must be text, not {type(prompt).__name__}")
+        if not prompt:
+            raise GenerationError("empty prompt: type some text to continue")
+        return self._need_tokenizer().encode(prompt)
+
+    # --- misc ---------------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        c = self.config
+        return f"{self.num_parameters / 1e6:.0f}M GPT-2 ({c.n_layer} layers, {c.n_embd} wide, {c.n_head} heads)"
+
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+
+@dataclass
+class _Cache:
+    key_mask: np.ndarray  # [batch, cached length]: 0 real, PAD_BIAS padding
+    next_position: np.ndarray  # [batch] the position of each row's next token
+    k: object  # MAX tensor [layers, batch, heads, length, head_dim]
+    v: object
+
+    @property
+    def length(self) -> int:
+        return self.key_mask.shape[1]
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
+
+
+def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, read off the module tree (built lazily: no memory)."""
+    import max.experimental.functional as F
+
+    with F.lazy():
+        model = GPT2LMHeadModel(config)
+    return {name: tuple(int(d) for d in t.shape) for name, t in model.parameters}
+
+
+def _device(name: str):
+    from max.driver import CPU, Accelerator, accelerator_count
+
+    if name == "cpu":
+        return CPU()
+    if name in ("gpu", "accelerator"):
+        if accelerator_count() == 0:
+            raise GPT2Error("device 'gpu' asked for, but MAX finds no accelerator here; use device='cpu'")
+        return Accelerator()
+    raise GPT2Error(f"unknown device {name!r}; use 'cpu' or 'gpu'")
