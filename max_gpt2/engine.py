@@ -43,6 +43,22 @@ class Generated:
     finish_reason: str  # "eos", "stop", "length" (max_new_tokens), "context" (n_positions)
 
 
+@dataclass
+class Stats:
+    """Figures of one streamed generation, filled in as it runs."""
+
+    tokens: int = 0
+    first_token_s: float | None = None  # time to first token: tokenizing, prefill, first sample
+    elapsed_s: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """The decode rate: tokens after the first, over the time after the first."""
+        if self.first_token_s is None or self.tokens < 2:
+            return 0.0
+        return (self.tokens - 1) / max(self.elapsed_s - self.first_token_s, 1e-9)
+
+
 class GPT2:
     def __init__(
         self,
@@ -53,9 +69,11 @@ class GPT2:
         device: str = "cpu",
         dtype: str = "float32",
         source: str = "",
+        path=None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
+        self.path = path  # the checkpoint's local folder or file, None for an in-memory one
         self.state = state
         self.tokenizer = tokenizer
         self.source = source
@@ -100,7 +118,7 @@ class GPT2:
             except TokenizerError:
                 tokenizer = None  # logits need none; text generation says so when asked
         return cls(found.config, state, tokenizer=tokenizer, device=device, dtype=dtype,
-                   source=found.source, progress=progress)
+                   source=found.source, path=found.path, progress=progress)
 
     @property
     def num_parameters(self) -> int:
@@ -330,19 +348,27 @@ class GPT2:
         *,
         stop: str | Sequence[str] | None = None,
         sliding_window: bool = False,
+        stats: Stats | None = None,
     ) -> Iterator[str]:
         """Yields the continuation of one prompt as text pieces, as the tokens arrive.
 
-        A piece never ends inside a multi-byte character. Stop strings are not yielded.
+        A piece never ends inside a multi-byte character. Stop strings are not yielded. Pass a
+        `Stats` to have it filled with the token count and timings.
         """
+        stats = stats if stats is not None else Stats()
+        start = time.perf_counter()
         tok = self._need_tokenizer()
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         hold = max((len(s) for s in stops), default=1) - 1  # text that may still begin a stop string
         text_stream, text, sent = tok.stream(), "", 0
         for nxt in self.generate_tokens([self._encode(prompt)], max_new_tokens, sampling, sliding_window=sliding_window):
             t = int(nxt[0])
+            stats.elapsed_s = time.perf_counter() - start
+            if stats.first_token_s is None:
+                stats.first_token_s = stats.elapsed_s
             if t == tok.eos_token_id:
                 break
+            stats.tokens += 1
             text += text_stream.push(t)
             if (cut := _first_stop(text, stops)) is not None:
                 if cut > sent:

@@ -50,6 +50,7 @@ class Checkpoint:
     config: GPT2Config
     tensors: dict[str, np.ndarray]  # as stored: checkpoint names, Conv1D orientation
     source: str  # what the user named, for messages
+    path: Path | None = None  # the local folder or file it was read from (None: in memory)
     folder: Path | None = None  # where tokenizer files may be
     notes: list[str] = field(default_factory=list)  # things worth telling the user
 
@@ -99,7 +100,7 @@ def _read_local(path: Path, config, source: str | None = None) -> Checkpoint:
             f"no config.json beside {weights.name}: assumed n_head={config.n_head} (head size 64) "
             "and the rest from the tensor shapes"
         )
-    return Checkpoint(config, tensors, source, folder, notes)
+    return Checkpoint(config, tensors, source, path, folder, notes)
 
 
 def _weights_in(folder: Path) -> Path:

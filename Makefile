@@ -1,0 +1,47 @@
+# The pip twin of pixi.toml: every pixi task has a target of the same name here, and
+# tests/test_tasks.py keeps the two lists in step. The first target run creates .venv.
+#   make gpt2        chat with GPT-2            (pixi run gpt2)
+#   make test        the test suite             (pixi run test)
+#   make s01 … s11   check a tutorial step      (pixi run s01 …); SOLUTIONS=1 checks solutions/
+#   make check-all   every step's checker       (pixi run check-all)
+#   make my-gpt2     run your own finished GPT-2 (steps/step_11.py)
+#   make bench       compiled vs eager          (pixi run bench)
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MODEL ?= gpt2
+STEPS := s01 s02 s03 s04 s05 s06 s07 s08 s09 s10 s11
+
+.PHONY: setup gpt2 test check-all my-gpt2 bench verify $(STEPS)
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt torch
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,bench]"
+	touch $(STAMP)
+
+gpt2: $(STAMP)
+	$(VENV)/bin/max-gpt2 chat --model $(MODEL)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+$(STEPS): $(STAMP)
+	$(PY) -m tests.tutorial.check $(@:s%=%)
+
+check-all: $(STAMP)
+	$(PY) -m tests.tutorial.check all
+
+my-gpt2: $(STAMP)
+	$(PY) steps/step_11.py
+
+bench: $(STAMP)
+	$(VENV)/bin/max-gpt2 bench --json bench.json --plot bench.png
+
+verify: $(STAMP)
+	$(VENV)/bin/max-gpt2 verify --model $(MODEL)

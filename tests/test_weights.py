@@ -1,0 +1,212 @@
+"""The loader, without compiling: names, orientation, buffers, tying, and every way to fail."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from max_gpt2 import GPT2
+from max_gpt2.config import GPT2Config
+from max_gpt2.engine import expected_shapes
+from max_gpt2.errors import GPT2Error
+from max_gpt2.weights import CheckpointError, adapt, infer_config, resolve
+
+
+def hf_state(made):
+    return {k: v.detach().numpy() for k, v in made.reference.state_dict().items()}
+
+
+def test_adapt_transposes_exactly_the_conv1d_weights(hub):
+    raw = load_file(str(hub.path / "model.safetensors"))
+    state = adapt(raw, hub.config)
+    transposed = {k for k in state if not np.array_equal(state[k], raw[k.removeprefix("transformer.")])}
+    assert transposed == {
+        f"transformer.h.{i}.{name}.weight"
+        for i in range(hub.config.n_layer)
+        for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    }
+    for name in transposed:
+        np.testing.assert_array_equal(state[name], raw[name.removeprefix("transformer.")].T)
+
+
+def test_hub_layout_buffers_skipped_and_head_tied(hub):
+    raw = load_file(str(hub.path / "model.safetensors"))
+    assert "h.0.attn.bias" in raw and "lm_head.weight" not in raw  # what the Hub's gpt2 file holds
+    state = adapt(raw, hub.config)
+    assert not any(k.endswith((".attn.bias", ".attn.masked_bias")) for k in state)
+    assert "transformer.h.0.attn.c_attn.bias" in state  # a real weight, not the buffer
+    assert set(state) == set(expected_shapes(hub.config))
+
+
+@pytest.mark.parametrize("fixture", ["hub", "pretrained", "pickled", "untied"])
+def test_every_layout_fills_every_parameter_with_the_reference_values(fixture, request):
+    made = request.getfixturevalue(fixture)
+    model = GPT2.from_pretrained(made.path)
+    ref = hf_state(made)
+    assert set(model.state) == set(expected_shapes(made.config))
+    for name, value in model.state.items():
+        want = ref[name]
+        if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+            want = want.T
+        np.testing.assert_array_equal(value, want, err_msg=name)
+    assert model.num_parameters == made.reference.num_parameters()
+
+
+def test_in_memory_state_dict_with_transformers_config(hub):
+    model = GPT2.from_pretrained(hub.reference.state_dict(), config=hub.reference.config)
+    assert model.config == hub.config and model.num_parameters == hub.reference.num_parameters()
+
+
+def test_state_dict_needs_a_config(hub):
+    with pytest.raises(CheckpointError, match="needs config="):
+        GPT2.from_pretrained(hub.reference.state_dict())
+
+
+def test_a_single_safetensors_file_with_config_beside_it(hub):
+    model = GPT2.from_pretrained(hub.path / "model.safetensors")
+    assert model.config == hub.config and model.tokenizer is not None
+
+
+def test_a_bare_safetensors_file_infers_its_config(hub, tmp_path):
+    shutil.copy(hub.path / "model.safetensors", tmp_path / "weights.safetensors")
+    found = resolve(tmp_path / "weights.safetensors")
+    assert found.config.n_layer == 3 and found.config.n_embd == 96 and found.config.n_inner == 200
+    assert "assumed n_head=1" in found.notes[0]  # 96 // 64: the note says what was guessed
+    with pytest.raises(CheckpointError):  # and a guess is never silently trusted for a shape
+        GPT2.from_pretrained(tmp_path / "weights.safetensors", config={"n_layer": 2, "n_embd": 96, "n_head": 6})
+
+
+def test_infer_config_for_the_124m_layout():
+    c = GPT2Config()
+    hub_layout = {}  # zero-strided stand-ins: shapes without 500 MB
+    for name, shape in expected_shapes(c).items():
+        stored = shape[::-1] if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else shape
+        hub_layout[name.removeprefix("transformer.")] = np.broadcast_to(np.float32(0), stored)
+    assert infer_config(hub_layout) == c
+
+
+# --- errors: one sentence that names the problem ------------------------------------------------
+
+
+def write_hub(tmp_path, hub, edit):
+    """A copy of the hub checkpoint with its tensors changed by `edit(dict)`."""
+    raw = dict(load_file(str(hub.path / "model.safetensors")))
+    edit(raw)
+    for name in ("config.json", "vocab.json", "merges.txt"):
+        shutil.copy(hub.path / name, tmp_path / name)
+    save_file(raw, str(tmp_path / "model.safetensors"))
+    return tmp_path
+
+
+def test_missing_tensor_is_named(hub, tmp_path):
+    path = write_hub(tmp_path, hub, lambda t: t.pop("h.1.mlp.c_fc.bias"))
+    with pytest.raises(CheckpointError, match=r"missing transformer\.h\.1\.mlp\.c_fc\.bias"):
+        GPT2.from_pretrained(path)
+
+
+def test_unexpected_tensor_is_named(hub, tmp_path):
+    path = write_hub(tmp_path, hub, lambda t: t.update({"h.0.attn.q_proj.weight": np.zeros((2, 2), np.float32)}))
+    with pytest.raises(CheckpointError, match=r"unexpected transformer\.h\.0\.attn\.q_proj\.weight"):
+        GPT2.from_pretrained(path)
+
+
+def test_missing_and_unexpected_in_one_error(hub, tmp_path):
+    path = write_hub(tmp_path, hub, lambda t: t.update({"h.3.ln_1.weight": t.pop("h.2.ln_1.weight")}))
+    with pytest.raises(CheckpointError, match=r"missing transformer\.h\.2\.ln_1\.weight; unexpected transformer\.h\.3\.ln_1\.weight .*n_layer=3"):
+        GPT2.from_pretrained(path)
+
+
+def test_config_weights_width_mismatch_names_both(hub, tmp_path):
+    path = write_hub(tmp_path, hub, lambda t: None)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(n_embd=192, n_head=12)
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"config says vocab_size=50257, n_embd=192 but wte is \[50257, 96\]"):
+        GPT2.from_pretrained(path)
+
+
+def test_wrong_orientation_c_attn_is_refused_by_shape(hub, tmp_path):
+    def flip(t):
+        t["h.0.attn.c_attn.weight"] = np.ascontiguousarray(t["h.0.attn.c_attn.weight"].T)
+
+    path = write_hub(tmp_path, hub, flip)
+    with pytest.raises(CheckpointError, match=r"h\.0\.attn\.c_attn\.weight is \[288, 96\] but the model expects \[96, 288\]: it is stored \[out, in\]"):
+        GPT2.from_pretrained(path)
+
+
+def test_untied_config_without_lm_head(untied, tmp_path):
+    raw = dict(load_file(str(untied.path / "model.safetensors")))
+    raw.pop("lm_head.weight")
+    save_file(raw, str(tmp_path / "model.safetensors"))
+    shutil.copy(untied.path / "config.json", tmp_path / "config.json")
+    with pytest.raises(CheckpointError, match="tie_word_embeddings=false, so the checkpoint must carry lm_head.weight"):
+        GPT2.from_pretrained(tmp_path)
+
+
+def test_truncated_safetensors(hub, tmp_path):
+    data = (hub.path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    shutil.copy(hub.path / "config.json", tmp_path / "config.json")
+    with pytest.raises(CheckpointError, match="is not a readable safetensors file .* it may be truncated"):
+        GPT2.from_pretrained(tmp_path)
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def test_pickle_that_would_run_code_is_refused_and_not_run(tmp_path):
+    import torch
+
+    marker = tmp_path / "pwned"
+    torch.save({"wte.weight": torch.zeros(2, 2), "payload": Exploit(marker)}, tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text(json.dumps({"n_layer": 1, "n_embd": 64, "n_head": 1}))
+    with pytest.raises(CheckpointError, match="refused to load .*could run code"):
+        GPT2.from_pretrained(tmp_path)
+    assert not marker.exists()
+
+
+def test_nonexistent_path():
+    with pytest.raises(CheckpointError, match="no such file or folder: ./no/such/dir"):
+        GPT2.from_pretrained("./no/such/dir")
+
+
+def test_hub_id_while_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(CheckpointError, match="'gpt2-medium' is not in the Hugging Face cache .*HF_HUB_OFFLINE is set"):
+        GPT2.from_pretrained("gpt2-medium")
+
+
+def test_hub_id_found_in_an_existing_cache(hub, tmp_path):
+    """A snapshot already in huggingface_hub's cache loads offline, as from the Hub.
+
+    A fresh process: huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE when imported.
+    """
+    snapshot = tmp_path / "hub" / "models--openai-community--gpt2" / "snapshots" / ("0" * 40)
+    shutil.copytree(hub.path, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "HF_HUB_CACHE": str(tmp_path / "hub")}
+    code = "from max_gpt2 import GPT2; m = GPT2.from_pretrained('openai-community/gpt2'); print(m.config.n_layer, m.tokenizer.encode('Hello world'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[0] == "3 [15496, 995]"
+
+
+def test_a_folder_without_weights(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="no weights in .*expected model.safetensors or pytorch_model.bin"):
+        GPT2.from_pretrained(tmp_path)
+
+
+def test_errors_are_gpt2_errors():
+    assert issubclass(CheckpointError, GPT2Error)
