@@ -194,6 +194,9 @@ class GPT2:
             raise GenerationError(
                 f"{ids.shape[1]} tokens do not fit the model's context of {self.config.n_positions} (n_positions)"
             )
+        self._check_vocab(ids)
+
+    def _check_vocab(self, ids: np.ndarray) -> None:
         if ids.min() < 0 or ids.max() >= self.config.vocab_size:
             raise GenerationError(f"token ids must be in [0, {self.config.vocab_size}), got {ids.min()}..{ids.max()}")
 
@@ -233,18 +236,18 @@ class GPT2:
                 f"the prompt is {longest} tokens; GPT-2 reads at most {n_ctx} and needs room for "
                 "new ones: shorten it (or use a sliding window)"
             )
-        self._check_ids(np.array([[t for r in rows for t in r]]))
+        self._check_vocab(np.array([t for r in rows for t in r]))
         sample = sampling.sampler()
         history = [list(r) for r in rows]  # every row's tokens so far, for re-prefill
         logits, cache = self._prefill(rows)
         for step in range(max_new_tokens):
-            nxt = sample(logits)
+            nxt = sample(logits)  # the token at position cache.length, always < n_ctx
             yield nxt
             for h, t in zip(history, nxt):
                 h.append(int(t))
             if step == max_new_tokens - 1:
                 return
-            if cache.length + 1 > n_ctx:
+            if cache.length + 1 >= n_ctx:  # the token after this one would have no position
                 if not sliding_window:
                     return
                 logits, cache = self._prefill([h[-(n_ctx // 2):] for h in history])

@@ -24,7 +24,7 @@ class GPT2Tokenizer:
 
     @classmethod
     def from_files(cls, vocab: str | Path, merges: str | Path) -> GPT2Tokenizer:
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
         try:
             bpe = models.BPE.from_file(str(vocab), str(merges))
@@ -35,6 +35,8 @@ class GPT2Tokenizer:
         # does not add a space before the first word.
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
+        # As in transformers, "<|endoftext|>" in text is the one special token, not 7 pieces.
+        tok.add_special_tokens([AddedToken(EOS, special=True)])
         return cls(tok)
 
     @classmethod

@@ -71,3 +71,24 @@ def pickled(tmp_path_factory) -> Made:
 def untied(tmp_path_factory) -> Made:
     """An extended vocabulary (50260) with its own lm_head."""
     return _make(tmp_path_factory, "untied", UNTIED, "save_pretrained", seed=3)
+
+
+@pytest.fixture
+def edited_hub(hub, tmp_path):
+    """A copy of the hub checkpoint with its tensors changed by `edit(dict)`."""
+
+    def make(edit, name="edited"):
+        import shutil
+
+        from safetensors.numpy import load_file, save_file
+
+        folder = tmp_path / name
+        folder.mkdir()
+        raw = dict(load_file(str(hub.path / "model.safetensors")))
+        edit(raw)
+        for f in ("config.json", "vocab.json", "merges.txt"):
+            shutil.copy(hub.path / f, folder / f)
+        save_file(raw, str(folder / "model.safetensors"))
+        return folder
+
+    return make

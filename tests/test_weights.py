@@ -93,36 +93,26 @@ def test_infer_config_for_the_124m_layout():
 # --- errors: one sentence that names the problem ------------------------------------------------
 
 
-def write_hub(tmp_path, hub, edit):
-    """A copy of the hub checkpoint with its tensors changed by `edit(dict)`."""
-    raw = dict(load_file(str(hub.path / "model.safetensors")))
-    edit(raw)
-    for name in ("config.json", "vocab.json", "merges.txt"):
-        shutil.copy(hub.path / name, tmp_path / name)
-    save_file(raw, str(tmp_path / "model.safetensors"))
-    return tmp_path
-
-
-def test_missing_tensor_is_named(hub, tmp_path):
-    path = write_hub(tmp_path, hub, lambda t: t.pop("h.1.mlp.c_fc.bias"))
+def test_missing_tensor_is_named(edited_hub):
+    path = edited_hub(lambda t: t.pop("h.1.mlp.c_fc.bias"))
     with pytest.raises(CheckpointError, match=r"missing transformer\.h\.1\.mlp\.c_fc\.bias"):
         GPT2.from_pretrained(path)
 
 
-def test_unexpected_tensor_is_named(hub, tmp_path):
-    path = write_hub(tmp_path, hub, lambda t: t.update({"h.0.attn.q_proj.weight": np.zeros((2, 2), np.float32)}))
+def test_unexpected_tensor_is_named(edited_hub):
+    path = edited_hub(lambda t: t.update({"h.0.attn.q_proj.weight": np.zeros((2, 2), np.float32)}))
     with pytest.raises(CheckpointError, match=r"unexpected transformer\.h\.0\.attn\.q_proj\.weight"):
         GPT2.from_pretrained(path)
 
 
-def test_missing_and_unexpected_in_one_error(hub, tmp_path):
-    path = write_hub(tmp_path, hub, lambda t: t.update({"h.3.ln_1.weight": t.pop("h.2.ln_1.weight")}))
+def test_missing_and_unexpected_in_one_error(edited_hub):
+    path = edited_hub(lambda t: t.update({"h.3.ln_1.weight": t.pop("h.2.ln_1.weight")}))
     with pytest.raises(CheckpointError, match=r"missing transformer\.h\.2\.ln_1\.weight; unexpected transformer\.h\.3\.ln_1\.weight .*n_layer=3"):
         GPT2.from_pretrained(path)
 
 
-def test_config_weights_width_mismatch_names_both(hub, tmp_path):
-    path = write_hub(tmp_path, hub, lambda t: None)
+def test_config_weights_width_mismatch_names_both(edited_hub):
+    path = edited_hub(lambda t: None)
     cfg = json.loads((path / "config.json").read_text())
     cfg.update(n_embd=192, n_head=12)
     (path / "config.json").write_text(json.dumps(cfg))
@@ -130,11 +120,11 @@ def test_config_weights_width_mismatch_names_both(hub, tmp_path):
         GPT2.from_pretrained(path)
 
 
-def test_wrong_orientation_c_attn_is_refused_by_shape(hub, tmp_path):
+def test_wrong_orientation_c_attn_is_refused_by_shape(edited_hub):
     def flip(t):
         t["h.0.attn.c_attn.weight"] = np.ascontiguousarray(t["h.0.attn.c_attn.weight"].T)
 
-    path = write_hub(tmp_path, hub, flip)
+    path = edited_hub(flip)
     with pytest.raises(CheckpointError, match=r"h\.0\.attn\.c_attn\.weight is \[288, 96\] but the model expects \[96, 288\]: it is stored \[out, in\]"):
         GPT2.from_pretrained(path)
 

@@ -1,0 +1,105 @@
+"""The prompt loop, driven as a person would: through a real pseudo-terminal, and through a pipe."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+CLI = str(Path(sys.executable).with_name("max-gpt2"))
+PROMPT = "› "
+STATS = re.compile(r"\d+ tokens · [\d.]+ tokens/s · first token \d+ ms")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "dumb"}
+
+
+@pytest.fixture
+def repl(hub):
+    child = pexpect.spawn(CLI, ["chat", "--model", str(hub.path), "--max-new-tokens", "16", "--sliding-window"],
+                          env=ENV, encoding="utf-8", timeout=300, dimensions=(40, 200))
+    child.expect_exact(PROMPT)
+    yield child
+    child.close(force=True)
+
+
+def ask(child, line):
+    child.sendline(line)
+    child.expect_exact(PROMPT)
+    return child.before
+
+
+def test_answers_stream_with_a_stats_line_and_settings_commands_work(repl):
+    out = ask(repl, "The meaning of life is")
+    assert "The meaning of life is" in out and STATS.search(out), out
+    assert "temperature 0.7" in ask(repl, "/temp 0.7")
+    assert "top-k 40" in ask(repl, "/topk 40")
+    assert "top-p 0.9" in ask(repl, "/topp 0.9")
+    assert "seed 1" in ask(repl, "/seed 1")
+    assert "up to 5 new tokens" in ask(repl, "/max 5")
+    assert "greedy" in ask(repl, "/greedy")
+    assert "/temp T" in ask(repl, "/help")
+    first, second = ask(repl, "Hello there"), ask(repl, "Hello there")
+    assert first == second  # greedy is deterministic
+    repl.sendline("quit")
+    repl.expect(pexpect.EOF)
+    repl.close()
+    assert repl.exitstatus == 0
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("/topk abc", "error: /topk takes a whole number, not 'abc'"),
+        ("/topp 2", "error: top_p must be in (0, 1]"),
+        ("/temp -1", "error: temperature must be >= 0"),
+        ("/max 0", "error: /max must be at least 1"),
+        ("/bogus", "error: unknown command /bogus"),
+        ("word " * 300, "tokens; GPT-2 reads at most 128 and needs room for new ones"),
+    ],
+)
+def test_bad_input_is_explained_and_the_session_goes_on(repl, line, message):
+    assert message in ask(repl, line)
+    assert STATS.search(ask(repl, "Still here?"))
+
+
+def test_ctrl_c_stops_a_generation_and_the_session_goes_on(repl):
+    ask(repl, "/max 100000")  # with --sliding-window this runs until stopped
+    repl.sendline("Once upon a time")
+    repl.expect(r"Once upon a time\S*\s*\S+\s*\S+")  # text streams in before the answer ends
+    repl.sendintr()
+    repl.expect_exact("[stopped]")
+    repl.expect_exact(PROMPT)
+    ask(repl, "/max 5")
+    assert STATS.search(ask(repl, "Still here?"))
+
+
+def test_empty_line_asks_again_and_ctrl_d_leaves(repl):
+    repl.sendline("")
+    repl.expect_exact(PROMPT)
+    repl.sendeof()
+    repl.expect(pexpect.EOF)
+    repl.close()
+    assert repl.exitstatus == 0
+
+
+def test_ctrl_c_at_the_prompt_leaves(repl):
+    repl.sendintr()
+    repl.expect(pexpect.EOF)
+    repl.close()
+    assert repl.exitstatus == 0
+
+
+def test_piped_stdin_prints_each_result_and_exits_0(hub):
+    lines = b"The meaning of life is\n\n/greedy\nThe meaning of life is\n\xff\xfe not utf-8\nHi\n"
+    result = subprocess.run([CLI, "--model", str(hub.path), "--max-new-tokens", "12", "--seed", "3"],
+                            input=lines, capture_output=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    sampled = hub.model.generate("The meaning of life is", 12, do_sample=True, temperature=0.8, top_k=50,
+                                 top_p=0.95, seed=3)  # the chat's default settings
+    greedy = [hub.model.generate(p, 12) for p in ("The meaning of life is", "Hi")]
+    # One continuation per prompt; the blank line, the command and the bad line print none.
+    assert result.stdout.decode() == f"{sampled}\n{greedy[0]}\n{greedy[1]}\n"
+    assert "error: that line is not UTF-8 text" in result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode()

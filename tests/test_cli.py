@@ -1,0 +1,131 @@
+"""The command line as users meet it: real processes, one clear line for every mistake."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CLI = [str(Path(sys.executable).with_name("max-gpt2"))]
+
+
+def run(*args, stdin=None, env=None, timeout=600):
+    return subprocess.run(CLI + list(args), input=stdin, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def assert_one_clear_error(result, *fragments):
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("max-gpt2: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_help_lists_the_commands():
+    out = run("--help").stdout
+    for command in ("chat", "generate", "verify"):
+        assert command in out
+
+
+def test_verify_passes_and_says_so(hub):
+    result = run("verify", "--model", str(hub.path))
+    assert result.returncode == 0, result.stderr
+    assert "OK: MAX and transformers agree" in result.stdout and "✓ greedy tokens" in result.stdout
+
+
+def test_verify_exits_1_when_the_loader_skips_the_c_proj_transpose(hub):
+    """The sabotage verify exists for: a loader that forgets to transpose the square attn.c_proj."""
+    code = (
+        "import sys, max_gpt2.weights as w; w.CONV1D = tuple(c for c in w.CONV1D if 'attn.c_proj' not in c);"
+        "from max_gpt2.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, "verify", "--model", str(hub.path)],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "✗ max |Δlogit|" in result.stdout and "FAILED" in result.stdout
+
+
+def test_generate_prints_the_continuation(hub):
+    result = run("generate", "--model", str(hub.path), "--prompt", "The meaning of life is", "--greedy",
+                 "--max-new-tokens", "20")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == hub.model.generate("The meaning of life is", 20) + "\n"
+
+
+def test_generate_with_a_seed_is_reproducible(hub):
+    args = ("generate", "--model", str(hub.path), "--prompt", "Hi", "--seed", "5", "--max-new-tokens", "16")
+    assert run(*args).stdout == run(*args).stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--top-k", "-3"], "top_k must be a whole number >= 0"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    ],
+)
+def test_bad_settings_fail_before_loading(args, fragment):
+    assert_one_clear_error(run("chat", "--model", "/nonexistent", *args), fragment)
+
+
+def test_nonexistent_path():
+    assert_one_clear_error(run("verify", "--model", "./no/such/checkpoint"), "no such file or folder: ./no/such/checkpoint")
+
+
+def test_hub_id_while_offline(tmp_path):
+    assert_one_clear_error(run("generate", "--model", "gpt2-large", "--prompt", "x", env={"HF_HOME": str(tmp_path)}),
+                           "'gpt2-large' is not in the Hugging Face cache", "HF_HUB_OFFLINE is set")
+
+
+def test_truncated_safetensors(hub, tmp_path):
+    data = (hub.path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 3])
+    (tmp_path / "config.json").write_text((hub.path / "config.json").read_text())
+    assert_one_clear_error(run("verify", "--model", str(tmp_path)), "may be truncated")
+
+
+def test_config_and_weights_disagree(edited_hub):
+    folder = edited_hub(lambda t: None)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "n_embd": 192, "n_head": 12}))
+    assert_one_clear_error(run("verify", "--model", str(folder)), "config says vocab_size=50257, n_embd=192 but wte is [50257, 96]")
+
+
+def test_missing_tensor(edited_hub):
+    assert_one_clear_error(run("verify", "--model", str(edited_hub(lambda t: t.pop("ln_f.weight")))),
+                           "missing transformer.ln_f.weight")
+
+
+def test_unexpected_tensor(edited_hub):
+    extra = lambda t: t.update({"h.0.mlp.gate.weight": np.zeros((1,), np.float32)})  # noqa: E731
+    assert_one_clear_error(run("verify", "--model", str(edited_hub(extra))), "unexpected transformer.h.0.mlp.gate.weight")
+
+
+def test_pickle_that_would_run_code_is_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    code = f"""
+import torch
+class Exploit:
+    def __reduce__(self):
+        return (exec, ("open({str(marker)!r}, 'w').write('pwned')",))
+torch.save({{"wte.weight": torch.zeros(2, 2), "x": Exploit()}}, {str(tmp_path / 'pytorch_model.bin')!r})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert_one_clear_error(run("verify", "--model", str(tmp_path / "pytorch_model.bin")), "refused to load", "could run code")
+    assert not marker.exists()
+
+
+def test_a_checkpoint_without_a_tokenizer_for_text(hub, tmp_path):
+    (tmp_path / "model.safetensors").symlink_to(hub.path / "model.safetensors")
+    (tmp_path / "config.json").write_text((hub.path / "config.json").read_text())
+    assert_one_clear_error(run("generate", "--model", str(tmp_path), "--prompt", "hi"), "no tokenizer files", "--tokenizer")
+    ok = run("generate", "--model", str(tmp_path), "--tokenizer", str(hub.path), "--prompt", "hi", "--greedy",
+             "--max-new-tokens", "5")
+    assert ok.returncode == 0, ok.stderr

@@ -1,0 +1,182 @@
+"""KV-cached generation: token-for-token transformers, batches, sampling, stops and limits."""
+
+import numpy as np
+import pytest
+
+from max_gpt2 import GPT2, Sampling
+from max_gpt2.engine import GenerationError
+from max_gpt2.reference import reference_greedy
+from max_gpt2.sampling import SettingsError, probabilities
+
+PROMPTS = ["Hi", "The meaning of life is", "The quick brown fox jumps over the lazy dog, and then"]
+
+
+def ours_greedy(model, prompts_ids, n):
+    return np.stack(list(model.generate_tokens(prompts_ids, n)), axis=1).tolist()  # [batch, n]
+
+
+def assert_greedy_equals_transformers(made, prompt_ids, n=64):
+    margins = []
+    theirs = reference_greedy(made.reference, prompt_ids, n, margins)
+    # The comparison proves something only if the reference is neither repetitive nor near-tied.
+    assert len(set(theirs)) >= 16 and min(margins) > 1e-3, (len(set(theirs)), min(margins))
+    assert ours_greedy(made.model, [prompt_ids], n)[0] == theirs
+
+
+def test_greedy_64_tokens_equal_transformers_generate(hub):
+    assert_greedy_equals_transformers(hub, hub.model.tokenizer.encode(PROMPTS[1]))
+
+
+def test_greedy_untied_extended_vocabulary_equals_transformers(untied):
+    prompt = untied.model.tokenizer.encode(PROMPTS[2]) + [50258, 50259]  # the added entries too
+    assert_greedy_equals_transformers(untied, prompt)
+
+
+def test_batch_of_different_lengths_equals_each_prompt_alone(hub):
+    encoded = [hub.model.tokenizer.encode(p) for p in PROMPTS]
+    assert len({len(e) for e in encoded}) == 3
+    batch = ours_greedy(hub.model, encoded, 64)
+    for row, prompt in zip(batch, encoded):
+        assert row == reference_greedy(hub.reference, prompt, 64)
+        assert row == ours_greedy(hub.model, [prompt], 64)[0]
+
+
+def test_batch_text_equals_single_text(hub):
+    assert hub.model.generate(PROMPTS, 24) == [hub.model.generate(p, 24) for p in PROMPTS]
+
+
+def test_decode_logits_equal_a_full_recompute_at_every_step(hub):
+    model = hub.model
+    rows = [model.tokenizer.encode(p) for p in PROMPTS[:2]]
+    logits, cache = model._prefill(rows)
+    for _ in range(12):
+        for row, got in zip(rows, logits):
+            full = model.logits([row])[0, -1]
+            assert np.abs(got - full).max() <= 1e-4
+        nxt = logits.argmax(axis=-1)
+        for row, t in zip(rows, nxt):
+            row.append(int(t))
+        logits, cache = model._decode(nxt, cache)
+
+
+def test_sampling_is_reproducible_with_a_seed_and_varies_without(hub):
+    s = dict(do_sample=True, temperature=1.0, top_k=50, top_p=0.95, max_new_tokens=24)
+    assert hub.model.generate(PROMPTS[1], seed=7, **s) == hub.model.generate(PROMPTS[1], seed=7, **s)
+    assert len({hub.model.generate(PROMPTS[1], seed=k, **s) for k in range(4)}) > 1
+
+
+def test_temperature_zero_is_greedy(hub):
+    sampled = hub.model.generate(PROMPTS[1], 24, do_sample=True, temperature=0, seed=3)
+    assert sampled == hub.model.generate(PROMPTS[1], 24)
+
+
+def test_stop_strings_end_the_text_and_are_cut(hub):
+    text = hub.model.generate(PROMPTS[1], 40)
+    stop = text[10:14]
+    assert hub.model.generate(PROMPTS[1], 40, stop=[stop, "never appears"]) == text[: text.index(stop)]
+    assert "".join(hub.model.stream(PROMPTS[1], 40, stop=stop)) == text[: text.index(stop)]
+
+
+def test_stream_pieces_join_to_the_generated_text(hub):
+    pieces = list(hub.model.stream(PROMPTS[1], 40))
+    assert len(pieces) > 10 and "".join(pieces) == hub.model.generate(PROMPTS[1], 40)
+
+
+def test_generation_stops_at_eos(hub, monkeypatch):
+    eos = hub.model.tokenizer.eos_token_id
+    script = [[464, 464], [3290, eos], [eos, 318], [318, 318]]
+    monkeypatch.setattr(hub.model, "generate_tokens", lambda *a, **k: iter(np.array(script)))
+    first, second = hub.model.complete(["a", "b"], 4)
+    assert (first.tokens, first.finish_reason) == ([464, 3290], "eos")
+    assert (second.tokens, second.finish_reason) == ([464], "eos")
+
+
+def test_context_limit_stops_with_the_reason(hub):
+    n_ctx = hub.config.n_positions
+    prompt = list(range(1000, 1000 + n_ctx - 8))
+    tokens = list(hub.model.generate_tokens([prompt], 50))
+    assert len(tokens) == 8  # positions n_ctx-8 … n_ctx-1, and no further
+    text_prompt = " x" * (n_ctx - 8)
+    result = hub.model.complete([text_prompt], 50)[0]
+    assert result.finish_reason == "context"
+
+
+def test_a_batch_may_hold_more_tokens_than_one_context(hub):
+    rows = [list(range(1000, 1100)), list(range(2000, 2090))]  # 190 tokens, each row < 128
+    assert len(list(hub.model.generate_tokens(rows, 4))) == 4
+
+
+def test_sliding_window_goes_on_past_the_context(hub):
+    n_ctx = hub.config.n_positions
+    tokens = list(hub.model.generate_tokens([list(range(1000, 1100))], n_ctx, sliding_window=True))
+    assert len(tokens) == n_ctx
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=-1, do_sample=True), "temperature must be >= 0"),
+        (dict(top_p=0, do_sample=True), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=1.5, do_sample=True), r"top_p must be in \(0, 1\]"),
+        (dict(top_k=-2, do_sample=True), "top_k must be a whole number >= 0"),
+        (dict(max_new_tokens=0), "max_new_tokens must be a whole number >= 1"),
+    ],
+)
+def test_bad_settings_are_explained(hub, kwargs, message):
+    with pytest.raises((SettingsError, GenerationError), match=message):
+        hub.model.generate(PROMPTS[0], **kwargs)
+
+
+def test_prompt_longer_than_the_context(hub):
+    with pytest.raises(GenerationError, match=r"the prompt is \d+ tokens; GPT-2 reads at most 128"):
+        hub.model.generate(" word" * 200, 5)
+
+
+def test_empty_prompt(hub):
+    with pytest.raises(GenerationError, match="empty prompt"):
+        hub.model.generate("", 5)
+
+
+def test_text_generation_without_a_tokenizer_says_how_to_get_one(hub):
+    bare = GPT2(hub.config, hub.model.state)
+    with pytest.raises(GenerationError.__mro__[1], match="no tokenizer files"):
+        bare.generate("hello")
+
+
+# --- sampling on crafted logits: no model needed ----------------------------------------------
+
+
+def test_top_k_keeps_the_k_likeliest():
+    p = probabilities(np.array([[1.0, 4.0, 3.0, 2.0]]), temperature=1.0, top_k=2, top_p=1.0)[0]
+    assert p[0] == 0 and p[3] == 0 and p[1] > p[2] > 0 and np.isclose(p.sum(), 1)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
+    assert np.count_nonzero(probabilities(logits, 1.0, 0, 0.7)[0]) == 2  # 0.5 < 0.7 <= 0.8
+    assert np.count_nonzero(probabilities(logits, 1.0, 0, 0.8)[0]) == 2  # reaching p is enough
+    assert np.count_nonzero(probabilities(logits, 1.0, 0, 0.81)[0]) == 3
+    assert np.count_nonzero(probabilities(logits, 1.0, 0, 0.01)[0]) == 1  # never empty
+
+
+def test_top_p_and_top_k_match_transformers_warpers():
+    import torch
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = np.random.default_rng(0).normal(size=(3, 500)).astype(np.float32) * 3
+    x = torch.from_numpy(logits)
+    for warper in (TemperatureLogitsWarper(0.7), TopKLogitsWarper(40), TopPLogitsWarper(0.9)):
+        x = warper(None, x)
+    np.testing.assert_allclose(probabilities(logits, 0.7, 40, 0.9), torch.softmax(x.double(), -1).numpy(), atol=1e-6)
+
+
+def test_temperature_sharpens():
+    logits = np.array([[1.0, 2.0]])
+    assert probabilities(logits, 0.5, 0, 1.0)[0, 1] > probabilities(logits, 2.0, 0, 1.0)[0, 1]
+
+
+def test_sampler_draws_by_probability():
+    sampler = Sampling(do_sample=True, seed=0).sampler()
+    logits = np.log(np.array([[0.7, 0.2, 0.1]] * 20000))
+    counts = np.bincount(sampler(logits), minlength=3) / 20000
+    np.testing.assert_allclose(counts, [0.7, 0.2, 0.1], atol=0.02)

@@ -1,0 +1,74 @@
+"""The proof: our compiled MAX graph gives transformers' logits on the same weights."""
+
+import io
+
+import numpy as np
+import pytest
+
+from max_gpt2 import GPT2
+from max_gpt2.config import GPT2Config
+from max_gpt2.reference import make_checkpoint, reference_logits
+from max_gpt2.verify import TOLERANCE, verify
+
+
+def worst_logit_gap(model, reference, seed=0) -> float:
+    """max |Δlogit| over batches of several lengths, all through the one compiled graph."""
+    rng = np.random.default_rng(seed)
+    gap = 0.0
+    for batch, length in ((1, 1), (3, 5), (2, 17), (2, model.config.n_positions)):
+        ids = rng.integers(0, model.config.vocab_size, (batch, length))
+        ours = model.logits(ids)
+        assert ours.shape == (batch, length, model.config.vocab_size) and ours.dtype == np.float32
+        gap = max(gap, float(np.abs(ours - reference_logits(reference, ids)).max()))
+    return gap
+
+
+def test_logits_match_transformers_hub_layout(hub):
+    assert worst_logit_gap(hub.model, hub.reference) <= TOLERANCE
+
+
+def test_logits_match_transformers_save_pretrained_layout(pretrained):
+    assert worst_logit_gap(pretrained.model, pretrained.reference) <= TOLERANCE
+
+
+def test_logits_match_transformers_pytorch_model_bin(pickled):
+    assert worst_logit_gap(pickled.model, pickled.reference) <= TOLERANCE
+
+
+def test_logits_match_transformers_untied_extended_vocabulary(untied):
+    assert untied.model.config.vocab_size == 50260 and not untied.model.config.tie_word_embeddings
+    assert worst_logit_gap(untied.model, untied.reference) <= TOLERANCE
+
+
+def test_one_compiled_graph_serves_every_batch_and_length(hub):
+    graph = hub.model.logits_graph
+    worst_logit_gap(hub.model, hub.reference, seed=1)
+    assert hub.model.logits_graph is graph
+
+
+def test_skipped_c_proj_transpose_is_caught(hub):
+    """attn.c_proj is square, so forgetting its transpose loads without complaint; only numbers show it."""
+    state = dict(hub.model.state)
+    for i in range(hub.config.n_layer):
+        name = f"transformer.h.{i}.attn.c_proj.weight"
+        state[name] = np.ascontiguousarray(state[name].T)  # back to Conv1D orientation
+    sabotaged = GPT2(hub.config, state, tokenizer=hub.model.tokenizer, path=hub.path)
+    assert worst_logit_gap(sabotaged, hub.reference) > 100 * TOLERANCE
+    report = io.StringIO()
+    assert verify(sabotaged, out=report) == 1
+    assert "✗ max |Δlogit|" in report.getvalue() and "FAILED" in report.getvalue()
+
+
+def test_verify_passes_on_the_real_thing(hub):
+    report = io.StringIO()
+    assert verify(hub.model, out=report) == 0, report.getvalue()
+    assert "✓ greedy tokens" in report.getvalue()
+
+
+def test_logits_match_at_the_full_124m_configuration(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gpt2-124m")
+    reference = make_checkpoint(path, GPT2Config(), "hub", initializer_range=0.02, tokenizer=False)
+    model = GPT2.from_pretrained(path)
+    assert model.num_parameters == 124_439_808  # as published for gpt2
+    ids = np.random.default_rng(0).integers(0, 50257, (2, 24))
+    assert np.abs(model.logits(ids) - reference_logits(reference, ids)).max() <= TOLERANCE

@@ -1,0 +1,41 @@
+"""pixi.toml is the users' interface; the Makefile is its pip twin. Neither may lose a task."""
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pixi_tasks() -> dict[str, str]:
+    return tomllib.loads((ROOT / "pixi.toml").read_text())["tasks"]
+
+
+def make_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text()
+    phony = set(re.search(r"^\.PHONY:(.*)$", text, re.M).group(1).split())
+    steps = set(re.search(r"^STEPS := (.*)$", text, re.M).group(1).split())
+    return (phony - {"$(STEPS)", "setup"}) | steps
+
+
+def test_every_pixi_task_has_a_make_target_and_back():
+    assert set(pixi_tasks()) == make_targets()
+
+
+def test_every_make_target_has_a_recipe():
+    text = (ROOT / "Makefile").read_text()
+    for target in make_targets() - set(re.search(r"^STEPS := (.*)$", text, re.M).group(1).split()):
+        assert re.search(rf"^{re.escape(target)}:", text, re.M), target
+
+
+def test_step_tasks_run_the_same_checker():
+    for name, cmd in pixi_tasks().items():
+        if re.fullmatch(r"s\d\d", name):
+            assert cmd == f"python -m tests.tutorial.check {name[1:]}"
+    assert "$(PY) -m tests.tutorial.check $(@:s%=%)" in (ROOT / "Makefile").read_text()
+
+
+def test_ci_runs_the_readmes_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and re.search(r"^make test$", ci, re.M)
