@@ -165,6 +165,9 @@ def _answer(model, session: Session, prompt: str, stdout, stderr, interactive: b
     stdout.flush()
     if stopped:
         print(_dim("[stopped]"), file=stderr)
+    elif stats.finish_reason == "context":
+        print(_dim(f"[the context is full ({model.config.n_positions} tokens); start with --sliding-window "
+                   "to keep going]"), file=stderr)
     if interactive and stats.first_token_s is not None:
         print(_dim(f"{stats.tokens} tokens · {stats.tokens_per_s:.1f} tokens/s · "
                    f"first token {stats.first_token_s * 1000:.0f} ms"), file=stderr)

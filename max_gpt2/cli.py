@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import threading
 import time
@@ -162,12 +163,15 @@ class Status:
 
     def _tick(self, message: str, stop: threading.Event) -> None:
         start = time.monotonic()
+        width = shutil.get_terminal_size().columns - 12  # room for the clock; a wrapped line would not redraw
+        if len(message) > width:
+            message = message[: width - 1] + "…"
         while True:
-            self.stream.write(f"\r\x1b[2K· {message} … {time.monotonic() - start:.0f}s")
+            self.stream.write(f"\r\x1b[2K· {message} {time.monotonic() - start:.0f}s")
             self.stream.flush()
             if stop.wait(1.0):
                 break
-        self.stream.write(f"\r\x1b[2K· {message} … {time.monotonic() - start:.0f}s\n")
+        self.stream.write("\n")
         self.stream.flush()
 
     def _end_ticker(self) -> None:

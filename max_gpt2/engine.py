@@ -50,6 +50,7 @@ class Stats:
     tokens: int = 0
     first_token_s: float | None = None  # time to first token: tokenizing, prefill, first sample
     elapsed_s: float = 0.0
+    finish_reason: str = ""  # as in Generated
 
     @property
     def tokens_per_s(self) -> float:
@@ -133,7 +134,7 @@ class GPT2:
         from max.experimental.tensor import default_device, default_dtype
 
         label = "logits" if module_cls is GPT2LMHeadModel else "generation"
-        self._say(f"compiling the {label} graph for {self.describe()} (a minute or more the first time for a new size)")
+        self._say(f"compiling the {label} graph (a new model size takes a minute or more)")
         start = time.perf_counter()
         with F.lazy(), default_device(self._device), default_dtype(DType.float32):
             module = module_cls(self.config)
@@ -370,16 +371,20 @@ class GPT2:
             if stats.first_token_s is None:
                 stats.first_token_s = stats.elapsed_s
             if t == tok.eos_token_id:
+                stats.finish_reason = "eos"
                 break
             stats.tokens += 1
             text += text_stream.push(t)
             if (cut := _first_stop(text, stops)) is not None:
+                stats.finish_reason = "stop"
                 if cut > sent:
                     yield text[sent:cut]
                 return
             if len(text) - hold > sent:
                 yield text[sent:len(text) - hold]
                 sent = len(text) - hold
+        if not stats.finish_reason:
+            stats.finish_reason = "length" if stats.tokens == max_new_tokens else "context"
         text += text_stream.flush()
         cut = _first_stop(text, stops)
         if (cut if cut is not None else len(text)) > sent:

@@ -15,11 +15,16 @@ STATS = re.compile(r"\d+ tokens · [\d.]+ tokens/s · first token \d+ ms")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "dumb"}
 
 
-@pytest.fixture
-def repl(hub):
-    child = pexpect.spawn(CLI, ["chat", "--model", str(hub.path), "--max-new-tokens", "16", "--sliding-window"],
+def spawn(hub, *options):
+    child = pexpect.spawn(CLI, ["chat", "--model", str(hub.path), "--max-new-tokens", "16", *options],
                           env=ENV, encoding="utf-8", timeout=300, dimensions=(40, 200))
     child.expect_exact(PROMPT)
+    return child
+
+
+@pytest.fixture
+def repl(hub):
+    child = spawn(hub)
     yield child
     child.close(force=True)
 
@@ -28,6 +33,11 @@ def ask(child, line):
     child.sendline(line)
     child.expect_exact(PROMPT)
     return child.before
+
+
+def answer(child, line):
+    """The text of an answer, without its figures."""
+    return STATS.split(ask(child, line))[0]
 
 
 def test_answers_stream_with_a_stats_line_and_settings_commands_work(repl):
@@ -40,8 +50,8 @@ def test_answers_stream_with_a_stats_line_and_settings_commands_work(repl):
     assert "up to 5 new tokens" in ask(repl, "/max 5")
     assert "greedy" in ask(repl, "/greedy")
     assert "/temp T" in ask(repl, "/help")
-    first, second = ask(repl, "Hello there"), ask(repl, "Hello there")
-    assert first == second  # greedy is deterministic
+    first, second = answer(repl, "Hello there"), answer(repl, "Hello there")
+    assert first == second and len(first) > len("Hello there") + 5  # greedy is deterministic
     repl.sendline("quit")
     repl.expect(pexpect.EOF)
     repl.close()
@@ -64,7 +74,8 @@ def test_bad_input_is_explained_and_the_session_goes_on(repl, line, message):
     assert STATS.search(ask(repl, "Still here?"))
 
 
-def test_ctrl_c_stops_a_generation_and_the_session_goes_on(repl):
+def test_ctrl_c_stops_a_generation_and_the_session_goes_on(hub):
+    repl = spawn(hub, "--sliding-window")
     ask(repl, "/max 100000")  # with --sliding-window this runs until stopped
     repl.sendline("Once upon a time")
     repl.expect(r"Once upon a time\S*\s*\S+\s*\S+")  # text streams in before the answer ends
@@ -73,6 +84,13 @@ def test_ctrl_c_stops_a_generation_and_the_session_goes_on(repl):
     repl.expect_exact(PROMPT)
     ask(repl, "/max 5")
     assert STATS.search(ask(repl, "Still here?"))
+    repl.close(force=True)
+
+
+def test_a_full_context_is_announced(hub):
+    child = spawn(hub, "--max-new-tokens", "500")
+    assert "[the context is full (128 tokens); start with --sliding-window to keep going]" in ask(child, "Hello")
+    child.close(force=True)
 
 
 def test_empty_line_asks_again_and_ctrl_d_leaves(repl):

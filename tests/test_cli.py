@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Always pass env=: importing MAX puts PYTHONEXECUTABLE in this process's real environment (not
+# in os.environ), and a child that inherits it starts outside our virtual environment.
 CLI = [str(Path(sys.executable).with_name("max-gpt2"))]
 
 
@@ -117,7 +119,7 @@ class Exploit:
         return (exec, ("open({str(marker)!r}, 'w').write('pwned')",))
 torch.save({{"wte.weight": torch.zeros(2, 2), "x": Exploit()}}, {str(tmp_path / 'pytorch_model.bin')!r})
 """
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
     assert_one_clear_error(run("verify", "--model", str(tmp_path / "pytorch_model.bin")), "refused to load", "could run code")
     assert not marker.exists()
 

@@ -153,8 +153,9 @@ def test_top_k_keeps_the_k_likeliest():
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
     logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
-    assert np.count_nonzero(probabilities(logits, 1.0, 0, 0.7)[0]) == 2  # 0.5 < 0.7 <= 0.8
-    assert np.count_nonzero(probabilities(logits, 1.0, 0, 0.8)[0]) == 2  # reaching p is enough
+    assert np.count_nonzero(probabilities(logits, 1.0, 0, 0.5)[0]) == 1  # 0.5 alone reaches 0.5
+    assert np.count_nonzero(probabilities(logits, 1.0, 0, 0.7)[0]) == 2  # 0.5 < 0.7 <= 0.5 + 0.3
+    assert np.count_nonzero(probabilities(logits, 1.0, 0, 0.79)[0]) == 2
     assert np.count_nonzero(probabilities(logits, 1.0, 0, 0.81)[0]) == 3
     assert np.count_nonzero(probabilities(logits, 1.0, 0, 0.01)[0]) == 1  # never empty
 

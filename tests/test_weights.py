@@ -200,3 +200,15 @@ def test_a_folder_without_weights(tmp_path):
 
 def test_errors_are_gpt2_errors():
     assert issubclass(CheckpointError, GPT2Error)
+
+
+def test_safetensors_checkpoints_load_and_run_without_torch(hub):
+    """torch and transformers are for the reference; a fresh process with them blocked still works."""
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+        f"from max_gpt2 import GPT2; m = GPT2.from_pretrained({str(hub.path)!r})\n"
+        "print(m.logits([[15496, 995]]).shape, m.generate('Hello world', 3) != '')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(1, 2, 50257) True"
