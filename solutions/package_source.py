@@ -1,0 +1,36 @@
+"""Prints the package's own code for a tutorial step.
+
+The solutions do not hold a second copy of GPT-2: each one imports its piece from `max_gpt2`,
+and when run prints where that piece lives and its source, so the code you compare your step
+with is the code that runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import max_gpt2
+
+PACKAGE = Path(max_gpt2.__file__).parent
+
+
+def print_anchor(name: str, file: str = "model.py") -> None:
+    """The lines between `# ANCHOR: name` and `# ANCHOR_END: name` in max_gpt2/<file>."""
+    text = (PACKAGE / file).read_text(encoding="utf-8")
+    found = re.search(rf"^# ANCHOR: {re.escape(name)}\n(.*?)^# ANCHOR_END: {re.escape(name)}$", text, re.S | re.M)
+    if found is None:
+        raise SystemExit(f"no ANCHOR {name!r} in max_gpt2/{file}")
+    start = text[: found.start(1)].count("\n") + 1
+    print(f"# max_gpt2/{file}, lines {start}-{start + found.group(1).count(chr(10)) - 1} (ANCHOR: {name})\n")
+    print(found.group(1).strip("\n"))
+
+
+def print_source(*objects) -> None:
+    """The source of functions or classes from max_gpt2, each headed by its file and line."""
+    for obj in objects:
+        lines, start = inspect.getsourcelines(obj)
+        path = Path(inspect.getsourcefile(obj)).resolve().relative_to(PACKAGE.parent)
+        print(f"# {path}, line {start}\n")
+        print("".join(lines))

@@ -1,0 +1,15 @@
+"""Step 06 solution: the transformer block is max_gpt2.model.GPT2Block.
+
+The package is this project's one implementation of GPT-2, so the solution is the package's own
+class (forward_cached is for generation with a key/value cache; the tutorial does not need it).
+Run this file to read it: python solutions/solution_06.py
+"""
+
+from max_gpt2.model import GPT2Block
+
+__all__ = ["GPT2Block"]
+
+if __name__ == "__main__":
+    from package_source import print_anchor
+
+    print_anchor("transformer_block")
