@@ -16,15 +16,20 @@ import max_gpt2
 PACKAGE = Path(max_gpt2.__file__).parent
 
 
-def print_anchor(name: str, file: str = "model.py") -> None:
-    """The lines between `# ANCHOR: name` and `# ANCHOR_END: name` in max_gpt2/<file>."""
+def anchor(name: str, file: str = "model.py") -> tuple[int, str]:
+    """The first line number and the text between `# ANCHOR: name` and `# ANCHOR_END: name` in
+    max_gpt2/<file>."""
     text = (PACKAGE / file).read_text(encoding="utf-8")
     found = re.search(rf"^# ANCHOR: {re.escape(name)}\n(.*?)^# ANCHOR_END: {re.escape(name)}$", text, re.S | re.M)
     if found is None:
         raise SystemExit(f"no ANCHOR {name!r} in max_gpt2/{file}")
-    start = text[: found.start(1)].count("\n") + 1
-    print(f"# max_gpt2/{file}, lines {start}-{start + found.group(1).count(chr(10)) - 1} (ANCHOR: {name})\n")
-    print(found.group(1).strip("\n"))
+    return text[: found.start(1)].count("\n") + 1, found.group(1).strip("\n") + "\n"
+
+
+def print_anchor(name: str, file: str = "model.py") -> None:
+    start, text = anchor(name, file)
+    print(f"# max_gpt2/{file}, from line {start} (ANCHOR: {name})\n")
+    print(text)
 
 
 def print_source(*objects) -> None:

@@ -61,13 +61,14 @@ class Bench:
         self.probes.append(probe)
         return probe
 
-    def run(self) -> None:
+    def run(self, progress: Callable[[str], None] | None = None) -> None:
         """Compiles every probe into one graph and runs it on x and ids."""
         if not self.probes:
             return
         traced: list[Probe] = []
         with F.lazy(), default_device(CPU()), default_dtype(DType.float32):
-            graph = Probes([p.module for p in self.probes], [p.fn for p in self.probes], self._record(traced))
+            graph = Probes([p.module for p in self.probes], [p.fn for p in self.probes], self._record(traced),
+                           progress or (lambda text: None))
         n_embd = self.x.shape[-1]
         try:
             compiled = graph.compile(
@@ -106,10 +107,10 @@ class _NothingTraced(Exception):
 class Probes(Module):
     """Every probe's module as p0, p1, ...; forward returns all their outputs, flattened."""
 
-    def __init__(self, modules, fns, record) -> None:
+    def __init__(self, modules, fns, record, progress) -> None:
         for i, m in enumerate(modules):
             setattr(self, f"p{i}", m)
-        self.count, self.fns, self.record = len(modules), tuple(fns), record
+        self.count, self.fns, self.record, self.progress = len(modules), tuple(fns), record, progress
 
     def forward(self, x, ids):
         outputs = []
@@ -121,6 +122,8 @@ class Probes(Module):
             outputs.extend(self.record(i, result))
         if not outputs:
             raise _NothingTraced  # nothing to compile: skip the compiler altogether
+        self.progress(f"compiling {len(outputs)} output(s) of your modules with MAX: a minute or more when the "
+                      "code is new, seconds when MAX has compiled the same graph before ...")
         return tuple(outputs)
 
 

@@ -61,16 +61,13 @@ def run(jobs: Iterable[tuple[Code, int]], progress=None) -> list[Result]:
         except Failure as f:
             result.failure = f
     if bench.probes:
-        if progress:
-            progress(f"compiling {len(bench.probes)} module(s) with MAX: a minute or more when the code is new, "
-                     "seconds when MAX has compiled the same graph before ...")
         start = time.perf_counter()
         try:
-            bench.run()
+            bench.run(progress)
         except Exception as e:  # the graph as a whole did not compile
             for probe in bench.probes:
                 probe.error = probe.explain(e)
-        if progress:
+        if progress and any(p.outputs is not None for p in bench.probes):
             progress(f"compiled and ran in {time.perf_counter() - start:.0f}s")
     for result, judge in judges:
         try:

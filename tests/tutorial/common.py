@@ -74,7 +74,8 @@ def torch_mask(t: int):
     return torch.from_numpy(causal_additive(t))[None, None]
 
 
-def build(code, step: int, name: str, *args, check: str, todo: str, hints: dict[str, str], **kwargs):
+def build(code, step: int, name: str, *args, check: str, todo: str, hints: dict[str, str], expected: str = "",
+          **kwargs):
     """The learner's `name` from step `step`, constructed as MAX modules are: lazily, on CPU, float32."""
     import max.experimental.functional as F
     from max.driver import CPU
@@ -83,7 +84,8 @@ def build(code, step: int, name: str, *args, check: str, todo: str, hints: dict[
 
     cls = code.get(step, name)
     with F.lazy(), default_device(CPU()), default_dtype(DType.float32):
-        return code.run(check, cls, *args, todo=todo, hints=hints, hint=hints.get(todo, ""), **kwargs)
+        return code.run(check, cls, *args, todo=todo, hints=hints, hint=hints.get(todo, ""), expected=expected,
+                        **kwargs)
 
 
 def no_grad(fn):
@@ -96,7 +98,7 @@ def no_grad(fn):
 
 
 def add_probe(code, bench, check: str, module, fn, prefix: str, *, build_todo: str, run_todo: str,
-              hints: dict[str, str]):
+              hints: dict[str, str], expected: str = ""):
     """Adds the learner's `module` to the bench, with the reference's weights under `prefix`.
 
     A wrong parameter name or shape fails now (the TODO that builds the module); an error while
@@ -104,7 +106,7 @@ def add_probe(code, bench, check: str, module, fn, prefix: str, *, build_todo: s
     from tests.tutorial.bench import Probe
 
     def explain(e: BaseException):
-        return code.failure(e, check, todo=run_todo, hints=hints, hint=hints.get(run_todo, ""))
+        return code.failure(e, check, todo=run_todo, hints=hints, hint=hints.get(run_todo, ""), expected=expected)
 
     return bench.add(Probe(check, module, fn, explain), weights(prefix), todo=build_todo,
                      hint=hints.get(build_todo, ""))

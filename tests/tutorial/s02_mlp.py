@@ -12,17 +12,18 @@ HINTS = {
     "2.2": 'c_fc, then F.gelu(h, approximate="tanh") (GPT-2\'s "gelu_new"), then c_proj',
 }
 CHECK = "GPT2MLP(x) equals transformers' GPT2MLP(x)"
+EXPECTED = "transformers' GPT2MLP on the same x and weights"
 
 
 def prepare(code, bench):
-    mlp = build(code, STEP, "GPT2MLP", CONFIG, check=CHECK, todo="2.1", hints=HINTS)
+    mlp = build(code, STEP, "GPT2MLP", CONFIG, check=CHECK, todo="2.1", hints=HINTS, expected=EXPECTED)
     probe = add_probe(code, bench, CHECK, mlp, lambda m, x, ids: m(x), "transformer.h.0.mlp.",
-                      build_todo="2.1", run_todo="2.2", hints=HINTS)
+                      build_todo="2.1", run_todo="2.2", hints=HINTS, expected=EXPECTED)
 
     def judge():
         (got,) = probe.result()
         yield expect_close(CHECK, got, reference(), todo="2.2", hint=HINTS["2.2"],
-                           expected="transformers' GPT2MLP on the same x and weights", mistakes=mistakes())
+                           expected=EXPECTED, mistakes=mistakes())
 
     return judge
 

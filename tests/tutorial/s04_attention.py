@@ -33,6 +33,13 @@ CHECKS = {
     "forward": "GPT2Attention(x) equals transformers' GPT2Attention(x) (causal)",
 }
 
+EXPECTED = {
+    "split_heads": "x.reshape(B, T, H, D) with T and H swapped",
+    "merge_heads": "the (B, T, C) tensor that was split",
+    "attend": "scaled dot-product attention of the given q, k, v with the causal mask",
+    "forward": "transformers' GPT2Attention on the same x and weights, causal",
+}
+
 
 # --- in the graph: the reference split and inputs for attend, made with MAX ops --------------
 
@@ -58,27 +65,28 @@ PROBES = {
 def prepare(code, bench):
     probes = {}
     for name, (fn, todo) in PROBES.items():
-        attn = build(code, STEP, "GPT2Attention", CONFIG, 0, check=CHECKS[name], todo="4.1", hints=HINTS)
+        attn = build(code, STEP, "GPT2Attention", CONFIG, 0, check=CHECKS[name], todo="4.1", hints=HINTS,
+                     expected=EXPECTED[name])
         probes[name] = add_probe(code, bench, CHECKS[name], attn, fn, "transformer.h.0.attn.", build_todo="4.1",
-                                 run_todo=todo, hints=HINTS)
+                                 run_todo=todo, hints=HINTS, expected=EXPECTED[name])
 
     def judge():
         x, _ = inputs()
         (got,) = probes["split_heads"].result()
         yield expect_close(CHECKS["split_heads"], got, split_np(x), todo="4.2", hint=HINTS["4.2"], hints=HINTS,
-                           expected="x.reshape(B, T, H, D) with T and H swapped",
+                           expected=EXPECTED["split_heads"],
                            mistakes={"a reshape to (B, H, T, D) without the transpose: each head got a slice of "
                                      "positions instead of a slice of features": x.reshape(len(x), H, -1, D)})
         (got,) = probes["merge_heads"].result()
         yield expect_close(CHECKS["merge_heads"], got, x, todo="4.3", hint=HINTS["4.3"], hints=HINTS,
-                           expected="the (B, T, C) tensor that was split", mistakes=merge_mistakes(split_np(x)))
+                           expected=EXPECTED["merge_heads"], mistakes=merge_mistakes(split_np(x)))
         (got,) = probes["attend"].result()
         yield expect_close(CHECKS["attend"], got, attend_np(), todo="4.4", hint=HINTS["4.4"], hints=HINTS,
-                           expected="scaled dot-product attention of the given q, k, v with the causal mask",
+                           expected=EXPECTED["attend"],
                            mistakes=attend_mistakes())
         (got,) = probes["forward"].result()
         yield expect_close(CHECKS["forward"], got, attention(), todo="4.6", hint=HINTS["4.6"], hints=HINTS,
-                           expected="transformers' GPT2Attention on the same x and weights, causal",
+                           expected=EXPECTED["forward"],
                            mistakes=forward_mistakes())
 
     return judge

@@ -15,18 +15,18 @@ HINTS = {
     "(x - mean) / sqrt(mean((x - mean)^2) + eps) * weight + bias over the last axis",
 }
 CHECK = f"LayerNorm({CONFIG.n_embd}, eps={EPS:g})(x) equals transformers' (h.0.ln_1)"
+EXPECTED = "transformers' layer norm on the same x (one row of x is tiny, so eps matters there)"
 
 
 def prepare(code, bench):
-    ln = build(code, STEP, "LayerNorm", CONFIG.n_embd, eps=EPS, check=CHECK, todo="5.1", hints=HINTS)
+    ln = build(code, STEP, "LayerNorm", CONFIG.n_embd, eps=EPS, check=CHECK, todo="5.1", hints=HINTS, expected=EXPECTED)
     probe = add_probe(code, bench, CHECK, ln, lambda m, x, ids: m(x), "transformer.h.0.ln_1.", build_todo="5.1",
-                      run_todo="5.2", hints=HINTS)
+                      run_todo="5.2", hints=HINTS, expected=EXPECTED)
 
     def judge():
         (got,) = probe.result()
         yield expect_close(CHECK, got, reference(), todo="5.2", hint=HINTS["5.2"], hints=HINTS,
-                           expected="transformers' layer norm on the same x (one row of x is tiny, so eps "
-                           "matters there)", mistakes=mistakes())
+                           expected=EXPECTED, mistakes=mistakes())
 
     return judge
 

@@ -14,17 +14,18 @@ HINTS = {
     "6.2": "x = x + self.attn(self.ln_1(x)); then x + self.mlp(self.ln_2(x))",
 }
 CHECK = "GPT2Block(x) equals transformers' GPT2Block(x) (causal)"
+EXPECTED = "transformers' GPT2Block on the same x and weights"
 
 
 def prepare(code, bench):
-    block = build(code, STEP, "GPT2Block", CONFIG, 0, check=CHECK, todo="6.1", hints=HINTS)
+    block = build(code, STEP, "GPT2Block", CONFIG, 0, check=CHECK, todo="6.1", hints=HINTS, expected=EXPECTED)
     probe = add_probe(code, bench, CHECK, block, lambda m, x, ids: m(x), "transformer.h.0.", build_todo="6.1",
-                      run_todo="6.2", hints=HINTS)
+                      run_todo="6.2", hints=HINTS, expected=EXPECTED)
 
     def judge():
         (got,) = probe.result()
         yield expect_close(CHECK, got, block_output(), todo="6.2", hint=HINTS["6.2"], hints=HINTS,
-                           expected="transformers' GPT2Block on the same x and weights",
+                           expected=EXPECTED,
                            mistakes=mistakes())
 
     return judge

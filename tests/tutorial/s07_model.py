@@ -15,17 +15,18 @@ HINTS = {
     "x = wte(input_ids) + wpe(positions); for block in self.h: x = block(x); return ln_f(x)",
 }
 CHECK = f"GPT2Model(ids) equals transformers' GPT2Model(ids): {CONFIG.n_layer} blocks, hidden states"
+EXPECTED = "transformers' last_hidden_state for the same token ids"
 
 
 def prepare(code, bench):
-    model = build(code, STEP, "GPT2Model", CONFIG, check=CHECK, todo="7.1", hints=HINTS)
+    model = build(code, STEP, "GPT2Model", CONFIG, check=CHECK, todo="7.1", hints=HINTS, expected=EXPECTED)
     probe = add_probe(code, bench, CHECK, model, lambda m, x, ids: m(ids), "transformer.", build_todo="7.1",
-                      run_todo="7.2", hints=HINTS)
+                      run_todo="7.2", hints=HINTS, expected=EXPECTED)
 
     def judge():
         (got,) = probe.result()
         yield expect_close(CHECK, got, hidden(), todo="7.2", hint=HINTS["7.2"], hints=HINTS,
-                           expected="transformers' last_hidden_state for the same token ids",
+                           expected=EXPECTED,
                            mistakes=mistakes())
 
     return judge
