@@ -1,8 +1,9 @@
 """Step 07 solution: embeddings and the stack of blocks are max_gpt2.model.GPT2Model.
 
-The package is this project's one implementation of GPT-2, so the solution is the package's own
-class (forward_cached is for generation with a key/value cache; the tutorial does not need it).
-Run this file to read it: python solutions/solution_07.py
+This project has one implementation of GPT-2, the package, and this is its class. Its second
+method, forward_cached, is what generation runs: each token's position and a mask of padding
+come in from outside, so prompts of different lengths share a batch and a key/value cache.
+Read it all: python solutions/solution_07.py
 """
 
 from max_gpt2.model import GPT2Model

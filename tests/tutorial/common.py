@@ -9,6 +9,8 @@ usually compiled already.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
 
 import numpy as np
@@ -110,3 +112,41 @@ def add_probe(code, bench, check: str, module, fn, prefix: str, *, build_todo: s
 
     return bench.add(Probe(check, module, fn, explain), weights(prefix), todo=build_todo,
                      hint=hints.get(build_todo, ""))
+
+
+@dataclass
+class ModuleCheck:
+    """A step checked in one comparison: build the learner's `cls(*args)`, run `call(module, x, ids)`
+    in the bench with the reference's weights under `weights`, compare with `want()`."""
+
+    step: int
+    cls: str
+    args: tuple
+    weights: str
+    call: Callable
+    check: str
+    expected: str
+    todos: tuple[str, str]  # the TODO that builds the module, the TODO that computes
+    hints: dict[str, str]
+    want: Callable[[], np.ndarray]
+    mistakes: Callable[[], dict] = dict
+    kwargs: dict = field(default_factory=dict)
+    inspect: Callable | None = None  # a look at the built module before it compiles
+
+    def prepare(self, code, bench):
+        from tests.tutorial.report import expect_close
+
+        build_todo, run_todo = self.todos
+        module = build(code, self.step, self.cls, *self.args, check=self.check, todo=build_todo, hints=self.hints,
+                       expected=self.expected, **self.kwargs)
+        if self.inspect is not None:
+            self.inspect(module)
+        probe = add_probe(code, bench, self.check, module, self.call, self.weights, build_todo=build_todo,
+                          run_todo=run_todo, hints=self.hints, expected=self.expected)
+
+        def judge():
+            (got,) = probe.result()
+            yield expect_close(self.check, got, self.want(), todo=run_todo, hint=self.hints[run_todo],
+                               hints=self.hints, expected=self.expected, mistakes=self.mistakes())
+
+        return judge

@@ -22,37 +22,38 @@ def prepare(code, bench):
         check = "GPT2Config() has GPT-2 124M's values, under transformers' names"
         ours = code.run(check, ours_cls, todo="1.1", hints=HINTS)
         theirs = Theirs()
+        todo = f"1.1 ({code.shown(STEP)})"
         for name in FIELDS:
             want = getattr(theirs, name)
             if not hasattr(ours, name):
-                raise Failure(check, todo="1.1", expected=f"a field {name} = {want!r}", got=f"no field {name}",
+                raise Failure(check, todo=todo, expected=f"a field {name} = {want!r}", got=f"no field {name}",
                               hint=HINTS["1.1"])
             got = getattr(ours, name)
             if got != want or type(got) is not type(want):
-                raise Failure(check, todo="1.1", expected=f"{name} = {want!r} (transformers' default)",
+                raise Failure(check, todo=todo, expected=f"{name} = {want!r} (transformers' default)",
                               got=f"{name} = {got!r}", hint=_field_hint(name))
         yield Passed(f"{check}: " + ", ".join(f"{n}={getattr(theirs, n)!r}" for n in FIELDS))
 
         small = code.run("GPT2Config accepts keyword arguments", ours_cls, n_embd=96, n_head=6, todo="1.1",
                          hints=HINTS)
-        for config, want, label in ((ours, 64, "GPT2Config()"), (small, 16, "GPT2Config(n_embd=96, n_head=6)")):
-            check = f"{label}.head_dim is {want}"
-            got = code.run(check, lambda c=config: c.head_dim, todo="1.2", hints=HINTS)
-            if got != want:
-                raise Failure(check, todo="1.2", expected=str(want), got=repr(got), hint=HINTS["1.2"])
-        yield Passed("head_dim: 64 for GPT-2, 16 for n_embd=96 with 6 heads")
-
         wide = code.run("GPT2Config accepts n_inner", ours_cls, n_embd=96, n_head=6, n_inner=200, todo="1.1",
                         hints=HINTS)
-        for config, want, label in ((ours, 3072, "GPT2Config()"), (small, 384, "GPT2Config(n_embd=96, n_head=6)"),
-                                    (wide, 200, "GPT2Config(n_embd=96, n_head=6, n_inner=200)")):
-            check = f"{label}.inner_dim is {want}"
-            got = code.run(check, lambda c=config: c.inner_dim, todo="1.3", hints=HINTS)
-            if got != want:
-                raise Failure(check, todo="1.3", expected=str(want), got=repr(got), hint=HINTS["1.3"])
+        _property(code, "head_dim", "1.2", ((ours, 64, ""), (small, 16, "n_embd=96, n_head=6")))
+        yield Passed("head_dim: 64 for GPT-2, 16 for n_embd=96 with 6 heads")
+        _property(code, "inner_dim", "1.3", ((ours, 3072, ""), (small, 384, "n_embd=96, n_head=6"),
+                                             (wide, 200, "n_embd=96, n_head=6, n_inner=200")))
         yield Passed("inner_dim: 4 * n_embd by default, n_inner when it is set")
 
     return judge
+
+
+def _property(code, name: str, todo: str, cases) -> None:
+    for config, want, args in cases:
+        check = f"GPT2Config({args}).{name} is {want}"
+        got = code.run(check, getattr, config, name, todo=todo, hints=HINTS)
+        if got != want:
+            raise Failure(check, todo=f"{todo} ({code.shown(STEP)})", expected=str(want), got=repr(got),
+                          hint=HINTS[todo])
 
 
 def _field_hint(name: str) -> str:

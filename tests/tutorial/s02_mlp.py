@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tests.tutorial.common import CONFIG, add_probe, build, no_grad, torch_inputs
-from tests.tutorial.report import expect_close
+from tests.tutorial.common import CONFIG, ModuleCheck, no_grad, torch_inputs
 
 STEP, TITLE = 2, "feed-forward network (GPT2MLP)"
 HINTS = {
@@ -11,21 +10,12 @@ HINTS = {
     "and c_proj (config.inner_dim -> n_embd)",
     "2.2": 'c_fc, then F.gelu(h, approximate="tanh") (GPT-2\'s "gelu_new"), then c_proj',
 }
-CHECK = "GPT2MLP(x) equals transformers' GPT2MLP(x)"
-EXPECTED = "transformers' GPT2MLP on the same x and weights"
-
-
-def prepare(code, bench):
-    mlp = build(code, STEP, "GPT2MLP", CONFIG, check=CHECK, todo="2.1", hints=HINTS, expected=EXPECTED)
-    probe = add_probe(code, bench, CHECK, mlp, lambda m, x, ids: m(x), "transformer.h.0.mlp.",
-                      build_todo="2.1", run_todo="2.2", hints=HINTS, expected=EXPECTED)
-
-    def judge():
-        (got,) = probe.result()
-        yield expect_close(CHECK, got, reference(), todo="2.2", hint=HINTS["2.2"],
-                           expected=EXPECTED, mistakes=mistakes())
-
-    return judge
+CHECKER = ModuleCheck(
+    step=STEP, cls="GPT2MLP", args=(CONFIG,), weights="transformer.h.0.mlp.", call=lambda m, x, ids: m(x),
+    check="GPT2MLP(x) equals transformers' GPT2MLP(x)", expected="transformers' GPT2MLP on the same x and weights",
+    todos=("2.1", "2.2"), hints=HINTS, want=lambda: reference(), mistakes=lambda: mistakes(),
+)
+prepare = CHECKER.prepare
 
 
 def reference():

@@ -21,6 +21,8 @@ HINTS = {
     "3.2": "when num_past is not 0, F.concat([zeros of shape (T, P), the [T, T] mask], axis=1)",
 }
 
+EXPECTED = "transformers' causal mask, additive: 0.0 where visible, -inf where blocked"
+
 
 class MaskProbe(Module):
     """Holds the learner's function, so the bench can trace it like a module."""
@@ -39,13 +41,13 @@ def prepare(code, bench):
     checks = (f"causal_mask(T={SEQLEN}, P=0) is 0 on and below the diagonal, -inf above",
               f"causal_mask(T={SEQLEN}, P={PAST}) also lets every query see the {PAST} cached keys")
     probe = bench.add(Probe(checks[0], MaskProbe(fn), lambda m, x, ids: m(x),
-                            lambda e: code.failure(e, checks[0], todo="3.1", hints=HINTS)),
+                            lambda e: code.failure(e, checks[0], todo="3.1", hints=HINTS, expected=EXPECTED)),
                       {}, todo="3.1", hint="")
 
     def judge():
         plain, past = probe.result()
         yield expect_close(checks[0], blocked_as_inf(plain), causal_additive(SEQLEN), todo="3.1", hint=HINTS["3.1"],
-                           expected="transformers' causal mask, additive: 0.0 visible, -inf blocked",
+                           expected=EXPECTED,
                            mistakes=mistakes(SEQLEN, 0))
         yield expect_close(checks[1], blocked_as_inf(past), causal_additive(SEQLEN, PAST), todo="3.2",
                            hint=HINTS["3.2"], expected="[T, P + T]: P columns of 0.0, then the causal mask",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.tutorial.common import CONFIG, add_probe, build, inputs, no_grad, torch_inputs, weights
-from tests.tutorial.report import expect_close
+from tests.tutorial.common import CONFIG, ModuleCheck, inputs, no_grad, torch_inputs, weights
 
 STEP, TITLE = 5, "layer normalization (LayerNorm)"
 EPS = CONFIG.layer_norm_epsilon
@@ -14,21 +13,13 @@ HINTS = {
     "5.2": "F.layer_norm(x, gamma=self.weight, beta=self.bias, epsilon=self.eps), or "
     "(x - mean) / sqrt(mean((x - mean)^2) + eps) * weight + bias over the last axis",
 }
-CHECK = f"LayerNorm({CONFIG.n_embd}, eps={EPS:g})(x) equals transformers' (h.0.ln_1)"
-EXPECTED = "transformers' layer norm on the same x (one row of x is tiny, so eps matters there)"
-
-
-def prepare(code, bench):
-    ln = build(code, STEP, "LayerNorm", CONFIG.n_embd, eps=EPS, check=CHECK, todo="5.1", hints=HINTS, expected=EXPECTED)
-    probe = add_probe(code, bench, CHECK, ln, lambda m, x, ids: m(x), "transformer.h.0.ln_1.", build_todo="5.1",
-                      run_todo="5.2", hints=HINTS, expected=EXPECTED)
-
-    def judge():
-        (got,) = probe.result()
-        yield expect_close(CHECK, got, reference(), todo="5.2", hint=HINTS["5.2"], hints=HINTS,
-                           expected=EXPECTED, mistakes=mistakes())
-
-    return judge
+CHECKER = ModuleCheck(
+    step=STEP, cls="LayerNorm", args=(CONFIG.n_embd,), kwargs={"eps": EPS}, weights="transformer.h.0.ln_1.",
+    call=lambda m, x, ids: m(x), check=f"LayerNorm({CONFIG.n_embd}, eps={EPS:g})(x) equals transformers' (h.0.ln_1)",
+    expected="transformers' layer norm on the same x (one row of x is tiny, so eps matters there)",
+    todos=("5.1", "5.2"), hints=HINTS, want=lambda: reference(), mistakes=lambda: mistakes(),
+)
+prepare = CHECKER.prepare
 
 
 def reference():

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.tutorial.common import CONFIG, add_probe, build, no_grad, torch_inputs, torch_mask
-from tests.tutorial.report import expect_close
+from tests.tutorial.common import CONFIG, ModuleCheck, no_grad, torch_inputs, torch_mask
 
 STEP, TITLE = 6, "transformer block (GPT2Block)"
 HINTS = {
@@ -13,22 +12,13 @@ HINTS = {
     "ln_2 likewise, mlp = GPT2MLP(config)",
     "6.2": "x = x + self.attn(self.ln_1(x)); then x + self.mlp(self.ln_2(x))",
 }
-CHECK = "GPT2Block(x) equals transformers' GPT2Block(x) (causal)"
-EXPECTED = "transformers' GPT2Block on the same x and weights"
-
-
-def prepare(code, bench):
-    block = build(code, STEP, "GPT2Block", CONFIG, 0, check=CHECK, todo="6.1", hints=HINTS, expected=EXPECTED)
-    probe = add_probe(code, bench, CHECK, block, lambda m, x, ids: m(x), "transformer.h.0.", build_todo="6.1",
-                      run_todo="6.2", hints=HINTS, expected=EXPECTED)
-
-    def judge():
-        (got,) = probe.result()
-        yield expect_close(CHECK, got, block_output(), todo="6.2", hint=HINTS["6.2"], hints=HINTS,
-                           expected=EXPECTED,
-                           mistakes=mistakes())
-
-    return judge
+CHECKER = ModuleCheck(
+    step=STEP, cls="GPT2Block", args=(CONFIG, 0), weights="transformer.h.0.", call=lambda m, x, ids: m(x),
+    check="GPT2Block(x) equals transformers' GPT2Block(x) (causal)",
+    expected="transformers' GPT2Block on the same x and weights", todos=("6.1", "6.2"), hints=HINTS,
+    want=lambda: block_output(), mistakes=lambda: mistakes(),
+)
+prepare = CHECKER.prepare
 
 
 def block_output(wiring: str = "pre-LN") -> np.ndarray:

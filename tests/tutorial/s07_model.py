@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.tutorial.common import CONFIG, add_probe, build, no_grad, torch_inputs
-from tests.tutorial.report import expect_close
+from tests.tutorial.common import CONFIG, ModuleCheck, no_grad, torch_inputs
 
 STEP, TITLE = 7, "embeddings and the stack of blocks (GPT2Model)"
 HINTS = {
@@ -14,22 +13,13 @@ HINTS = {
     "7.2": "positions = Tensor.arange(T, dtype=input_ids.dtype, device=input_ids.device); "
     "x = wte(input_ids) + wpe(positions); for block in self.h: x = block(x); return ln_f(x)",
 }
-CHECK = f"GPT2Model(ids) equals transformers' GPT2Model(ids): {CONFIG.n_layer} blocks, hidden states"
-EXPECTED = "transformers' last_hidden_state for the same token ids"
-
-
-def prepare(code, bench):
-    model = build(code, STEP, "GPT2Model", CONFIG, check=CHECK, todo="7.1", hints=HINTS, expected=EXPECTED)
-    probe = add_probe(code, bench, CHECK, model, lambda m, x, ids: m(ids), "transformer.", build_todo="7.1",
-                      run_todo="7.2", hints=HINTS, expected=EXPECTED)
-
-    def judge():
-        (got,) = probe.result()
-        yield expect_close(CHECK, got, hidden(), todo="7.2", hint=HINTS["7.2"], hints=HINTS,
-                           expected=EXPECTED,
-                           mistakes=mistakes())
-
-    return judge
+CHECKER = ModuleCheck(
+    step=STEP, cls="GPT2Model", args=(CONFIG,), weights="transformer.", call=lambda m, x, ids: m(ids),
+    check=f"GPT2Model(ids) equals transformers' GPT2Model(ids): {CONFIG.n_layer} blocks, hidden states",
+    expected="transformers' last_hidden_state for the same token ids", todos=("7.1", "7.2"), hints=HINTS,
+    want=lambda: hidden(), mistakes=lambda: mistakes(),
+)
+prepare = CHECKER.prepare
 
 
 def hidden(*, positions: str = "0..T-1", final_norm: bool = True, by_hand: bool = False) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.tutorial.common import CONFIG, add_probe, build, no_grad, torch_inputs
-from tests.tutorial.report import Failure, expect_close
+from tests.tutorial.common import CONFIG, ModuleCheck, no_grad, torch_inputs
+from tests.tutorial.report import Failure
 
 STEP, TITLE = 8, "language-model head, tied to wte (GPT2LMHeadModel)"
 HINTS = {
@@ -13,25 +13,23 @@ HINTS = {
 CHECK = "GPT2LMHeadModel(ids) gives transformers' logits, from a head tied to wte"
 UNTIED = ("an untied head: GPT-2's output layer is the token embedding wte itself, and the checkpoint has no "
           "weights for a separate one")
-EXPECTED = "transformers' logits for the same token ids"
 
 
-def prepare(code, bench):
-    model = build(code, STEP, "GPT2LMHeadModel", CONFIG, check=CHECK, todo="8.1", hints=HINTS, expected=EXPECTED)
+def tied(model) -> None:
+    """Every parameter is the checkpoint's (transformer.*): a head of its own would start random."""
     own = [name for name, _ in model.parameters if not name.startswith("transformer.")]
     if own:
         raise Failure(CHECK, todo="8.1", expected="only the transformer.* parameters of the checkpoint",
                       got=f"parameters of its own: {', '.join(own)}", looks_like=UNTIED,
                       hint="drop the extra layer; compute the logits with self.transformer.wte.weight.T")
-    probe = add_probe(code, bench, CHECK, model, lambda m, x, ids: m(ids), "", build_todo="8.1",
-                      run_todo="8.2", hints=HINTS, expected=EXPECTED)
 
-    def judge():
-        (got,) = probe.result()
-        yield expect_close(CHECK, got, logits(), todo="8.2", hint=HINTS["8.2"],
-                           expected=EXPECTED)
 
-    return judge
+CHECKER = ModuleCheck(
+    step=STEP, cls="GPT2LMHeadModel", args=(CONFIG,), weights="", call=lambda m, x, ids: m(ids), check=CHECK,
+    expected="transformers' logits for the same token ids", todos=("8.1", "8.2"), hints=HINTS,
+    want=lambda: logits(), inspect=tied,
+)
+prepare = CHECKER.prepare
 
 
 def logits():
