@@ -17,8 +17,8 @@ Everything here runs on the host in numpy: one [batch, vocab] row per step. This
 whole sequence through the model at every step. The package keeps each layer's keys and values
 from earlier steps (a KV cache) and feeds only the new token: same tokens, much less work.
 
-When finished, it lives in: max_gpt2/sampling.py (probabilities, Sampler) and, for the loop
-with a KV cache, max_gpt2/engine.py (GPT2.generate_tokens).
+When finished, it lives in: max_gpt2/sampling.py (probabilities, Sampler). The package's
+loop, with its KV cache, is GPT2.generate_tokens in max_gpt2/engine.py.
 
 Check:   pixi run s10   (or: make s10)
 Compare: python solutions/solution_10.py

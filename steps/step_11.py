@@ -22,8 +22,8 @@ The facts about OpenAI's checkpoint, which is why this step exists:
   causal mask, stored as a buffer. Careful: "h.N.attn.c_attn.bias" *is* a weight.
 - There is no lm_head.weight: the head is wte (step 08).
 
-When finished, it lives in: max_gpt2/weights.py (resolve, adapt, check) for loading and
-max_gpt2/engine.py (GPT2) for compiling and generating.
+When finished, it lives in: max_gpt2/weights.py (adapt: the checkpoint's tensors -> our state
+dict). The package compiles and runs it in max_gpt2/engine.py (GPT2).
 
 Check:   pixi run s11   (or: make s11)
 Compare: python solutions/solution_11.py

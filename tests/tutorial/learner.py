@@ -98,7 +98,7 @@ class Code:
     def failure(self, e: BaseException, check: str, *, todo: str, hint: str = "", expected: str = "",
                 hints: dict[str, str] | None = None) -> Failure:
         """Explains an exception raised by the learner's code (or by MAX inside it)."""
-        message = f"{type(e).__name__}: {first_line(e)}"
+        message = f"{type(e).__name__}: {summary(e)}"
         named = TODO.search(str(e)) if isinstance(e, NotImplementedError) else None
         if named:
             todo = named.group(1)
@@ -123,3 +123,21 @@ class Code:
 def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return (text.splitlines() or [""])[0][:300]
+
+
+def summary(e: BaseException) -> str:
+    """The first line of an error; for MAX's "Failed to create op" errors also the op's inputs
+    and its first diagnostic, which say which shapes did not fit."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    kept, section = [lines[0]], ""
+    for line in lines[1:]:
+        if line in ("Inputs:", "Diagnostics:"):
+            section, taken = line, 0
+        elif line.endswith(":") or not section:
+            section = ""
+        elif section == "Inputs:" or (section == "Diagnostics:" and taken == 0):
+            kept.append(re.sub(r"#mosh<ape(\[[^\]]*\])> : !mosh.ape", r"\1", line))
+            taken += 1
+    return " | ".join(kept)[:600]

@@ -71,6 +71,8 @@ def mistakes(t: int, past: int) -> dict[str, np.ndarray]:
         "off by one: the diagonal is blocked, so a position cannot see itself (and the first position "
         "sees nothing: its softmax is NaN)": additive(keys < queries),
         "the mask is flipped: positions see the future instead of the past": additive(keys >= queries),
+        "the mask is inverted: -inf on and below the diagonal, 0 above (band_part's exclude=True keeps what is "
+        "outside the band, exclude=False what is inside)": additive(keys > queries),
         "a 0/1 mask: GPT-2 adds the mask to the scores, so visible must be 0.0 and blocked -inf":
             np.where(keys <= queries, 1.0, 0.0),
         "the cached keys are blocked: every query should see all P of them":

@@ -52,7 +52,7 @@ def prepare(code, bench):
             loaded = code.run(check, load, folder, todo="11.1", hints=HINTS, expected="(config, state dict)")
             config, got = _unpack(check, loaded)
             _check_state(check, got, state())
-            yield Passed(f"{check}: {len(got)} tensors, the attn.bias buffers skipped, Conv1D weights transposed")
+            yield Passed(f"{check}: {len(got)} tensors, no attn.bias buffers")
 
             check = f"compile_model(config, state) gives transformers' logits for ids of shapes {list(SHAPES)}"
             next_logits = code.run(check, code.get(STEP, "compile_model"), config, got, todo="11.4", hints=HINTS,
