@@ -53,10 +53,12 @@ MISTAKES = {
                  "self.scale /= 1.0", "no 1/sqrt(head_dim) scale"),
     "heads_merged_in_wrong_order": (4, lambda: _region("multi_head_attention"),
                                     "x.transpose(1, 2).reshape([b, t, self.n_head * self.head_dim])",
-                                    "x.reshape([b, t, self.n_head * self.head_dim])", "heads merged in the wrong order"),
+                                    "x.reshape([b, t, self.n_head * self.head_dim])",
+                                    "heads merged in the wrong order"),
     "post_ln_instead_of_pre_ln": (6, lambda: _region("transformer_block"),
                                   "x = x + self.attn(self.ln_1(x))\n        return x + self.mlp(self.ln_2(x))",
-                                  "x = self.ln_1(x + self.attn(x))\n        return self.ln_2(x + self.mlp(x))", "post-LN"),
+                                  "x = self.ln_1(x + self.attn(x))\n        return self.ln_2(x + self.mlp(x))",
+                                  "post-LN"),
     "untied_head": (8, lambda: _region("language_model_head"), "if not config.tie_word_embeddings:", "if True:",
                     "untied head"),
     "c_proj_left_untransposed": (11, lambda: _function("max_gpt2.weights", "adapt"),
@@ -73,8 +75,8 @@ def plant(folder, name: str) -> Code:
     assert source.count(line) == 1, f"{name}: the package no longer has {line!r} once; update MISTAKES"
     shutil.copytree(ROOT / "solutions", folder, ignore=shutil.ignore_patterns("__pycache__"))
     path = folder / f"solution_{step:02d}.py"
-    planted = f"\n\n# Planted mistake: {name}\nfrom {module} import *  # noqa: E402,F403\n\n{source.replace(line, wrong)}"
-    path.write_text(path.read_text() + planted)
+    header = f"\n\n# Planted mistake: {name}\nfrom {module} import *  # noqa: E402,F403\n\n"
+    path.write_text(path.read_text() + header + source.replace(line, wrong))
     return Code.solutions(folder)
 
 

@@ -25,14 +25,14 @@ from max.dtype import DType
 from max.experimental.nn import Module
 from max.experimental.tensor import Tensor, TensorType, default_device, default_dtype
 
-from tests.tutorial.report import Failure, shape
+from tests.tutorial.report import Failure
 
 
 @dataclass
 class Probe:
     """One module under check and what to compute with it: fn(module, x, ids) -> tensor(s)."""
 
-    check: str  # what the learner reads if it fails to build
+    check: str  # the check it serves, as the learner reads it
     module: object
     fn: Callable
     explain: Callable[[BaseException], Failure]  # turns a tracing error into a Failure
@@ -138,14 +138,11 @@ def check_parameters(check: str, module, weights: Mapping[str, np.ndarray], *, t
             f"missing {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else "") if missing else "",
             f"unexpected {', '.join(extra[:4])}" + (" ..." if len(extra) > 4 else "") if extra else "",
         ) if part)
-        raise Failure(check, todo=todo, expected=f"parameters named as in GPT-2's checkpoint: {', '.join(list(want)[:4])}"
-                      + (" ..." if len(want) > 4 else ""), got=got, hint=hint)
+        names = ", ".join(list(want)[:4]) + (" ..." if len(want) > 4 else "")
+        raise Failure(check, todo=todo, expected=f"parameters named as in GPT-2's checkpoint: {names}", got=got,
+                      hint=hint)
     for name, dims in want.items():
         if have[name] != dims:
             raise Failure(check, todo=todo, expected=f"{name} of shape {list(dims)}",
                           got=f"{name} of shape {list(have[name])}",
                           hint="Linear(in_dim, out_dim) stores its weight as [out_dim, in_dim]; " + hint)
-
-
-def describe(arrays) -> str:
-    return ", ".join(shape(a) for a in arrays)

@@ -42,7 +42,8 @@ class Result:
         return self.failure is None
 
     def __str__(self) -> str:
-        head = f"{PASS if self.ok else FAIL} step {self.step:02d} · {checker(self.step).TITLE}  ({self.code.shown(self.step)})"
+        mark = PASS if self.ok else FAIL
+        head = f"{mark} step {self.step:02d} · {checker(self.step).TITLE}  ({self.code.shown(self.step)})"
         return "\n".join([head, *map(str, self.passed), *([str(self.failure)] if self.failure else [])])
 
 

@@ -51,7 +51,8 @@ def _heads(t):
 def _attend_inputs(x):
     from max_gpt2.model import causal_mask  # the package's: attend is checked on its own
 
-    return _heads(x), _heads(x * 0.5 + 0.25), _heads(0.1 - x), causal_mask(x.shape[1], 0, dtype=x.dtype, device=x.device)
+    mask = causal_mask(x.shape[1], 0, dtype=x.dtype, device=x.device)
+    return _heads(x), _heads(x * 0.5 + 0.25), _heads(0.1 - x), mask
 
 
 PROBES = {

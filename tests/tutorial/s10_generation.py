@@ -104,7 +104,7 @@ def _sampling(code):
     distance = 0.5 * np.abs(freq - want).sum()  # total variation: 0 when equal, 1 when disjoint
     if outside or distance > 0.02:
         raise Failure(check, todo="10.3", expected=f"frequencies {_top(want)}",
-                      got=f"frequencies {_top(freq)}" + (f"; tokens outside the top 5: {outside[:5]}" if outside else ""),
+                      got=f"frequencies {_top(freq)}" + (f"; tokens outside the top 5: {outside[:5]}" * bool(outside)),
                       looks_like="draws from the unwarped softmax: use probabilities(logits, temperature, top_k)"
                       if outside else "", hint=HINTS["10.3"])
     yield Passed(f"{check} (total variation {distance:.3f})")
@@ -114,7 +114,8 @@ def _sampling(code):
                                 hints=HINTS)).tolist() for seed in (7, 7, 8)]
     if runs[0] != runs[1] or runs[0] == runs[2]:
         raise Failure(check, todo="10.3", expected="reproducible draws from the rng passed in",
-                      got="the same seed gave different tokens" if runs[0] != runs[1] else "another seed gave the same tokens",
+                      got="the same seed gave different tokens" if runs[0] != runs[1] else
+                      "another seed gave the same tokens",
                       looks_like="numpy's global random state (np.random.choice) instead of rng.choice",
                       hint=HINTS["10.3"])
     yield Passed(check)

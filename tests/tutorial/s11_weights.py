@@ -100,7 +100,8 @@ def _check_state(check: str, got: dict, want: dict) -> None:
         if shape != value.shape:
             flipped = shape == value.shape[::-1]
             conv1d = name.endswith(CONV1D)
-            raise Failure(check, todo="11.3", expected=f"{name} of shape {list(value.shape)}", got=f"shape {list(shape)}",
+            raise Failure(check, todo="11.3", expected=f"{name} of shape {list(value.shape)}",
+                          got=f"shape {list(shape)}",
                           looks_like="a Conv1D weight left as stored, [in, out]" if flipped and conv1d else
                           "transposed, but it is not a Conv1D weight: only c_attn, c_proj and c_fc weights are"
                           if flipped else "", hint=HINTS["11.3"])
