@@ -60,7 +60,7 @@ def run(jobs: Iterable[tuple[Code, int]], progress=None) -> list[Result]:
         try:
             judges.append((result, checker(step).prepare(code, bench)))
         except Failure as f:
-            result.failure = f
+            result.failure = located(f, code, step)
     if bench.probes:
         start = time.perf_counter()
         try:
@@ -75,8 +75,15 @@ def run(jobs: Iterable[tuple[Code, int]], progress=None) -> list[Result]:
             for line in judge():
                 result.passed.append(line)
         except Failure as f:
-            result.failure = f
+            result.failure = located(f, result.code, result.step)
     return results
+
+
+def located(failure: Failure, code: Code, step: int) -> Failure:
+    """Names the step's file after the TODO, unless a line of it is named already."""
+    if failure.todo and "(" not in failure.todo:
+        failure.todo += f" ({code.shown(step)})"
+    return failure
 
 
 def parse(argv: list[str]) -> list[int]:
