@@ -22,12 +22,13 @@ import numpy as np
 from max_gpt2 import weights as ckpt
 from max_gpt2.config import GPT2Config
 from max_gpt2.errors import GPT2Error
-from max_gpt2.model import GPT2LMHeadModel, GPT2Step
+from max_gpt2.model import GPT2Decode, GPT2LMHeadModel, GPT2Step
 from max_gpt2.sampling import Sampling
 from max_gpt2.tokenizer import GPT2Tokenizer, TokenizerError
 
 
 PAD_BIAS = -1e9  # exp(-1e9 - max) is exactly 0 in float32
+CACHE_CHUNK = 32  # the decode cache grows by this many positions at a time
 
 
 class GenerationError(GPT2Error):
@@ -84,6 +85,7 @@ class GPT2:
             raise GPT2Error(f"dtype {dtype!r} is not supported yet; use float32")
         self._logits_graph = None
         self._step_graph = None
+        self._decode_graph = None
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -128,16 +130,16 @@ class GPT2:
 
     # --- compiled graphs ----------------------------------------------------------------------
 
-    def _compile(self, module_cls, *input_types):
+    def _compile(self, module_cls, *input_types, **options):
         import max.experimental.functional as F
         from max.dtype import DType
         from max.experimental.tensor import default_device, default_dtype
 
-        label = "logits" if module_cls is GPT2LMHeadModel else "generation"
+        label = {GPT2LMHeadModel: "logits", GPT2Step: "prefill", GPT2Decode: "decode"}[module_cls]
         self._say(f"compiling the {label} graph (a new model size takes a minute or more)")
         start = time.perf_counter()
         with F.lazy(), default_device(self._device), default_dtype(DType.float32):
-            module = module_cls(self.config)
+            module = module_cls(self.config, **options)
         compiled = module.compile(*input_types, weights=self.state)
         self._say(f"compiled the {label} graph in {time.perf_counter() - start:.1f}s")
         return compiled
@@ -159,23 +161,34 @@ class GPT2:
 
     @property
     def step_graph(self):
+        """Prefill: a prompt (any number of new tokens per row) into the cache."""
         if self._step_graph is None:
-            DType, TensorType = self._types()
-            c, dev = self.config, self._device
-            cache = (c.n_layer, "batch", c.n_head, "past", c.head_dim)
-            self._step_graph = self._compile(
-                GPT2Step,
-                TensorType(DType.int64, ("batch", "seqlen"), device=dev),  # new tokens
-                TensorType(DType.int64, ("batch", "seqlen"), device=dev),  # their positions
-                TensorType(DType.float32, ("batch", "total"), device=dev),  # key mask, past + new
-                TensorType(DType.float32, cache, device=dev),  # past keys
-                TensorType(DType.float32, cache, device=dev),  # past values
-            )
+            self._step_graph = self._compile(GPT2Step, *self._step_types("seqlen"))
         return self._step_graph
 
+    @property
+    def decode_graph(self):
+        """Decode: one new token per row, with matrix-vector kernels (see GPT2Decode)."""
+        if self._decode_graph is None:
+            # Our matrix-vector kernel is for CPUs; an accelerator keeps MAX's matmul.
+            self._decode_graph = self._compile(GPT2Decode, *self._step_types(1), matvec=self._on_cpu)
+        return self._decode_graph
+
+    def _step_types(self, seqlen):
+        DType, TensorType = self._types()
+        c, dev = self.config, self._device
+        cache = (c.n_layer, "batch", c.n_head, "past", c.head_dim)
+        return (
+            TensorType(DType.int64, ("batch", seqlen), device=dev),  # new tokens
+            TensorType(DType.int64, ("batch", seqlen), device=dev),  # their positions
+            TensorType(DType.float32, ("batch", "total"), device=dev),  # key mask, past + new
+            TensorType(DType.float32, cache, device=dev),  # past keys
+            TensorType(DType.float32, cache, device=dev),  # past values
+        )
+
     def compile(self) -> GPT2:
-        """Compiles both graphs now rather than on first use."""
-        self.logits_graph, self.step_graph  # noqa: B018
+        """Compiles every graph now rather than on first use."""
+        self.logits_graph, self.step_graph, self.decode_graph  # noqa: B018
         return self
 
     # --- inference ----------------------------------------------------------------------------
@@ -256,6 +269,7 @@ class GPT2:
                 logits, cache = self._decode(nxt, cache)
 
     def _prefill(self, rows: list[list[int]]):
+        self.decode_graph  # noqa: B018  generation needs both graphs: compile both before the first token
         b, width = len(rows), max(map(len, rows))
         ids = np.zeros((b, width), np.int64)
         real = np.zeros((b, width), bool)
@@ -264,24 +278,59 @@ class GPT2:
             real[i, width - len(r):] = True
         positions = np.maximum(real.cumsum(axis=1) - 1, 0)
         c = self.config
-        empty = np.zeros((c.n_layer, b, c.n_head, 0, c.head_dim), np.float32)
+        empty = self._tensor(np.zeros((c.n_layer, b, c.n_head, 0, c.head_dim), np.float32))
         # Finite, unlike the causal mask: a padding query must still see something, or its row
         # of softmax is NaN and, through 0 * NaN in later layers' values, poisons the real rows.
         key_mask = np.where(real, 0.0, PAD_BIAS).astype(np.float32)
-        cache = _Cache(key_mask=key_mask, next_position=real.sum(axis=1), k=self._tensor(empty), v=self._tensor(empty))
-        return self._run(ids, positions, cache)
+        logits, k, v = self.step_graph(self._tensor(ids), self._tensor(positions), self._tensor(key_mask), empty, empty)
+        cache = _Cache(key_mask=key_mask, next_position=real.sum(axis=1))
+        self._reserve(cache, width + 1)
+        cache.k[:, :, :, :width] = k.to_numpy()
+        cache.v[:, :, :, :width] = v.to_numpy()
+        return logits.to_numpy(), cache
 
     def _decode(self, tokens: np.ndarray, cache: _Cache):
-        cache.key_mask = np.concatenate([cache.key_mask, np.zeros((len(tokens), 1), np.float32)], axis=1)
-        positions = cache.next_position[:, None]
-        cache.next_position = cache.next_position + 1
-        return self._run(np.asarray(tokens, np.int64)[:, None], positions, cache)
-
-    def _run(self, ids, positions, cache: _Cache):
-        logits, cache.k, cache.v = self.step_graph(
-            self._tensor(ids), self._tensor(positions.astype(np.int64)), self._tensor(cache.key_mask), cache.k, cache.v
+        b, p = cache.key_mask.shape
+        self._reserve(cache, p + 1)  # room to store this token's keys and values
+        capacity = cache.k.shape[3]
+        # The cache's unused positions are hidden like padding; the new token is the last column.
+        key_mask = np.full((b, capacity + 1), PAD_BIAS, np.float32)
+        key_mask[:, :p] = cache.key_mask
+        key_mask[:, capacity] = 0.0
+        ids = np.asarray(tokens, np.int64)[:, None]
+        positions = cache.next_position[:, None].astype(np.int64)
+        if not self._on_cpu:  # an accelerator's tensors are copies: send the cache again
+            cache.k_tensor, cache.v_tensor = self._tensor(cache.k), self._tensor(cache.v)
+        logits, k, v = self.decode_graph(
+            self._tensor(ids), self._tensor(positions), self._tensor(key_mask), cache.k_tensor, cache.v_tensor
         )
+        cache.k[:, :, :, p] = k.to_numpy()[:, :, :, 0]  # stored in place: the graph reads it next step
+        cache.v[:, :, :, p] = v.to_numpy()[:, :, :, 0]
+        cache.key_mask = np.concatenate([cache.key_mask, np.zeros((b, 1), np.float32)], axis=1)
+        cache.next_position = cache.next_position + 1
         return logits.to_numpy(), cache
+
+    def _reserve(self, cache: _Cache, length: int) -> None:
+        """Makes room for `length` positions, growing by CACHE_CHUNK: the decode graph reads the
+        whole capacity (unused positions masked), so it stays close to the length."""
+        if cache.k is not None and cache.k.shape[3] >= length:
+            return
+        c = self.config
+        capacity = min(-(-length // CACHE_CHUNK) * CACHE_CHUNK, max(length, c.n_positions))
+        shape = (c.n_layer, cache.key_mask.shape[0], c.n_head, capacity, c.head_dim)
+        k, v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        if cache.k is not None:
+            k[:, :, :, :cache.k.shape[3]] = cache.k
+            v[:, :, :, :cache.v.shape[3]] = cache.v
+        cache.k, cache.v = k, v
+        # On a CPU these share the arrays' memory: what is stored in the arrays, the graph reads.
+        cache.k_tensor, cache.v_tensor = self._tensor(k), self._tensor(v)
+
+    @property
+    def _on_cpu(self) -> bool:
+        from max.driver import CPU
+
+        return isinstance(self._device, CPU)
 
     def generate(
         self,
@@ -420,8 +469,10 @@ class GPT2:
 class _Cache:
     key_mask: np.ndarray  # [batch, cached length]: 0 real, PAD_BIAS padding
     next_position: np.ndarray  # [batch] the position of each row's next token
-    k: object  # MAX tensor [layers, batch, heads, length, head_dim]
-    v: object
+    k: np.ndarray | None = None  # [layers, batch, heads, capacity >= length, head_dim]
+    v: np.ndarray | None = None
+    k_tensor: object = None  # the same memory as MAX tensors (copies on an accelerator)
+    v_tensor: object = None
 
     @property
     def length(self) -> int:

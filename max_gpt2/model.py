@@ -11,22 +11,92 @@ Each layer has two ways in:
   It also takes each token's position and which cached positions are real (not padding), so
   prompts of different lengths share one batch.
 
+`GPT2Step` runs `forward_cached` over a prompt (prefill); `GPT2Decode` is the same model for
+one token per row (decode), where each projection is a matrix-vector product bound by reading
+the weights, run by our own kernel (`kernels/matvec.mojo`) instead of MAX's general matmul.
+
 Shapes in comments: B batch, T new tokens, P past tokens, S = P + T, C n_embd, H heads, D head dim,
 L layers, V vocabulary.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
+import os
+from pathlib import Path
 
 import max.experimental.functional as F
 from max.driver import Device
 from max.dtype import DType
-from max.experimental.nn import Embedding, Linear, Module, ModuleList
-from max.experimental.tensor import Tensor
-from max.graph import Dim, DimLike
+from max.experimental import nn
+from max.experimental.nn import Embedding, Module, ModuleList
+from max.experimental.tensor import Tensor, TensorType
+from max.graph import Dim, DimLike, StaticDim
 
 from max_gpt2.config import TANH_GELU, GPT2Config
+
+
+KERNELS = Path(__file__).parent / "kernels"
+
+
+@functools.cache
+def kernel_library() -> Path:
+    """Our Mojo kernels (kernels/*.mojo) built once into a .mojoc, kept by content next to MAX's
+    compile cache.
+
+    MAX can take the source folder itself, but it rebuilds it in every process, and a graph with
+    a freshly built library takes tens of seconds to load even when the compiled graph is cached;
+    with an unchanged file it loads in seconds.
+    """
+    from max import _core
+    from mojo.paths import subprocess_run_mojo
+
+    sources = sorted(KERNELS.glob("*.mojo"))
+    digest = hashlib.sha256(_core.__version__.encode())
+    for source in sources:
+        digest.update(source.name.encode() + source.read_bytes())
+    folder = Path(_core.engine.max_cache_dir()).parent / "max-gpt2"
+    library = folder / f"max_gpt2_kernels_{digest.hexdigest()[:16]}.mojoc"
+    if not library.exists():
+        # Built under its final name (the compiler records it) in a private folder, then moved
+        # into place at once, so a concurrent process never reads half a file.
+        staging = folder / f".staging-{os.getpid()}"
+        staging.mkdir(parents=True, exist_ok=True)
+        subprocess_run_mojo(["precompile", str(KERNELS), "-o", str(staging / library.name)],
+                            capture_output=True, check=True)
+        os.replace(staging / library.name, library)
+        staging.rmdir()
+    return library
+
+
+class Linear(nn.Linear):
+    """MAX's Linear (x @ W.T + b, W stored [out, in]); in a `GPT2Decode` it runs as `matvec`."""
+
+    as_matvec = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.as_matvec:
+            return super().forward(x)
+        return matvec(x, self.weight, self.bias if isinstance(self.bias, Tensor) else None)
+
+
+def matvec(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ weight.T + bias by our kernel: (..., K) with weight [N, K] -> (..., N), for few rows."""
+    *lead, k = x.shape
+    rows = x.reshape([-1, k])  # (R, K)
+    n = weight.shape[0]
+    if bias is None:
+        bias = F.broadcast_to(Tensor(0.0, dtype=x.dtype, device=x.device), [n])
+    out_type = TensorType(x.dtype, [rows.shape[0], n], device=x.device)
+    out = F.custom("gpt2_matvec", x.device, [rows, weight, bias], [out_type], custom_extensions=kernel_library())[0]
+    return out.reshape([*lead, n])
+
+
+def one(dim: DimLike) -> bool:
+    """Whether a dimension is known, when the graph is built, to be 1 (a decode step)."""
+    return isinstance(dim, int | StaticDim) and int(dim) == 1
 
 
 # ANCHOR: feed_forward_network
@@ -104,6 +174,22 @@ class GPT2Attention(Module):
         v = F.concat([past_v, v], axis=2)
         return self.c_proj(self.merge_heads(self.attend(q, k, v, mask))), k, v
 
+    def forward_decode(
+        self, x: Tensor, mask: Tensor, past_k: Tensor, past_v: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One new token per row: returns only its key and value, for the caller to store.
+
+        The cache is not copied to append them: the new key is scored beside the P cached ones
+        and the two parts of the weighted sum are added. `mask` has P + 1 columns.
+        """
+        q, k, v = self.split_qkv(x)  # (B, H, 1, D)
+        past = past_k.shape[2]
+        scores = F.concat([q @ past_k.transpose(-1, -2), q @ k.transpose(-1, -2)], axis=-1)  # (B, H, 1, P + 1)
+        weights = F.softmax(scores * self.scale + mask)
+        w_past, w_new = weights[:, :, :, :past], weights[:, :, :, past:]
+        out = w_past @ past_v + w_new * v  # (B, H, 1, D)
+        return self.c_proj(self.merge_heads(out)), k, v
+
     def split_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T, C) -> three (B, H, T, D): query, key, value."""
         c = self.n_head * self.head_dim
@@ -112,10 +198,14 @@ class GPT2Attention(Module):
 
     def split_heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
+        if one(t):  # decoding: no data to move, and no transpose kernel to run
+            return x.reshape([b, self.n_head, 1, self.head_dim])
         return x.reshape([b, t, self.n_head, self.head_dim]).transpose(1, 2)  # (B, H, T, D)
 
     def merge_heads(self, x: Tensor) -> Tensor:
         b, _, t, _ = x.shape
+        if one(t):
+            return x.reshape([b, 1, self.n_head * self.head_dim])
         return x.transpose(1, 2).reshape([b, t, self.n_head * self.head_dim])  # (B, T, C)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
@@ -157,9 +247,10 @@ class GPT2Block(Module):
         return x + self.mlp(self.ln_2(x))
 
     def forward_cached(
-        self, x: Tensor, mask: Tensor, past_k: Tensor, past_v: Tensor
+        self, x: Tensor, mask: Tensor, past_k: Tensor, past_v: Tensor, *, decode: bool = False
     ) -> tuple[Tensor, Tensor, Tensor]:
-        a, k, v = self.attn.forward_cached(self.ln_1(x), mask, past_k, past_v)
+        attend = self.attn.forward_decode if decode else self.attn.forward_cached
+        a, k, v = attend(self.ln_1(x), mask, past_k, past_v)
         x = x + a
         return x + self.mlp(self.ln_2(x)), k, v
 
@@ -191,18 +282,22 @@ class GPT2Model(Module):
         key_mask: Tensor,  # (B, S) float: 0 for a real token, a large negative for padding
         past_k: Tensor,  # (L, B, H, P, D)
         past_v: Tensor,  # (L, B, H, P, D)
+        *,
+        decode: bool = False,  # one new token per row: return only its keys and values
     ) -> tuple[Tensor, Tensor, Tensor]:
         x = self.wte(input_ids) + self.wpe(position_ids)
         b, t = input_ids.shape
         p = past_k.shape[3]
         key_mask = F.rebind(key_mask, [b, Dim(p) + t])  # the caller passes S = P + T columns
-        mask = causal_mask(t, p, dtype=x.dtype, device=x.device) + key_mask[:, None, None, :]  # (B, 1, T, S)
+        mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
+        if not one(t):  # one new token may see every cached one: no causal part
+            mask = causal_mask(t, p, dtype=x.dtype, device=x.device) + mask  # (B, 1, T, S)
         ks, vs = [], []
         for i, block in enumerate(self.h):
-            x, k, v = block.forward_cached(x, mask, past_k[i], past_v[i])
+            x, k, v = block.forward_cached(x, mask, past_k[i], past_v[i], decode=decode)
             ks.append(k)
             vs.append(v)
-        return self.ln_f(x), F.stack(ks), F.stack(vs)
+        return self.ln_f(x), F.stack(ks), F.stack(vs)  # (L, B, H, S or 1, D)
 
 
 # ANCHOR_END: stacking_transformer_blocks
@@ -244,3 +339,30 @@ class GPT2Step(GPT2LMHeadModel):
     def forward(self, input_ids, position_ids, key_mask, past_k, past_v):
         x, k, v = self.transformer.forward_cached(input_ids, position_ids, key_mask, past_k, past_v)
         return self.head(x[:, -1]), k, v  # (B, V), (L, B, H, S, D) twice
+
+
+class GPT2Decode(GPT2Step):
+    """One new token per row against a cache the caller keeps: the next token's logits and the
+    new token's keys and values (L, B, H, 1, D) out, for the caller to store in place.
+
+    A decode step reads all the weights to do two flops per weight, so its speed is the speed
+    at which the weights stream from memory: every projection and the head run as `matvec`
+    (kernels/matvec.mojo), and the cache is read where it is, never copied to grow it.
+    The cache may be longer than the tokens so far; `key_mask` hides the unused positions.
+    """
+
+    def __init__(self, config: GPT2Config, *, matvec: bool = True) -> None:
+        super().__init__(config)
+        self.use_matvec = matvec  # False on an accelerator: the kernel is for CPUs
+        for _, module in self.descendants:
+            if isinstance(module, Linear):
+                module.as_matvec = matvec
+
+    def forward(self, input_ids, position_ids, key_mask, past_k, past_v):
+        x, k, v = self.transformer.forward_cached(input_ids, position_ids, key_mask, past_k, past_v, decode=True)
+        return self.head(x[:, -1]), k, v  # (B, V), (L, B, H, 1, D) twice
+
+    def head(self, x: Tensor) -> Tensor:
+        if self.use_matvec and self.config.tie_word_embeddings:
+            return matvec(x, self.transformer.wte.weight)
+        return super().head(x)
