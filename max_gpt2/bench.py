@@ -56,8 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-lengths", default="16,128,512", metavar="LIST",
                    help="prompt lengths for the prefill latency (default: 16,128,512)")
     p.add_argument("--new-tokens", type=int, default=128, metavar="N",
-                   help="tokens generated per sequence at batch 1 and at --batch (default: 128)")
+                   help="tokens generated at batch 1, for decode tokens/s (default: 128)")
     p.add_argument("--batch", type=int, default=8, metavar="B", help="the batch size of the throughput run (default: 8)")
+    p.add_argument("--batch-new-tokens", type=int, default=64, metavar="N",
+                   help="tokens generated per sequence in the throughput run (default: 64)")
     p.add_argument("--no-cold", action="store_true",
                    help="skip the cold-cache compile (each takes minutes); compile_s_cold is then null")
     p.add_argument("--timeout", type=float, default=600, metavar="S",
@@ -77,24 +79,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     engines = _engines(args.engines)
     if args.quick:
-        args.prompt_lengths, args.new_tokens, args.no_cold = "8,16", 8, True
+        args.prompt_lengths, args.new_tokens, args.batch_new_tokens, args.no_cold = "8,16", 8, 8, True
     if args.eager_timeout is None:
         args.eager_timeout = 10 if args.quick else 120
     lengths = _lengths(args.prompt_lengths)
-    if args.new_tokens < 2 or args.batch < 1:
-        raise GPT2Error("--new-tokens must be >= 2 and --batch >= 1")
+    if args.new_tokens < 2 or args.batch_new_tokens < 1 or args.batch < 1:
+        raise GPT2Error("--new-tokens must be >= 2, --batch-new-tokens and --batch >= 1")
     _check_plot_backend(args.plot)
 
-    say = _say
+    say = _Progress()
     with tempfile.TemporaryDirectory(prefix="max-gpt2-bench-") as scratch:
         scratch = Path(scratch)
         model_path, random_weights = _checkpoint(args.model, scratch, say)
         config, parameters, weight_bytes = _describe(model_path)
-        if max(lengths) >= config.n_positions or DECODE_PROMPT + args.new_tokens > config.n_positions:
+        if max(lengths) >= config.n_positions or DECODE_PROMPT + max(args.new_tokens, args.batch_new_tokens) > config.n_positions:
             raise GPT2Error(f"the workloads do not fit the model's context of {config.n_positions} tokens: "
                             "lower --prompt-lengths or --new-tokens")
         spec = dict(model=str(model_path), lengths=lengths, new_tokens=args.new_tokens, batch=args.batch,
-                    decode_prompt=DECODE_PROMPT, vocab=config.vocab_size)
+                    batch_new_tokens=args.batch_new_tokens, decode_prompt=DECODE_PROMPT, vocab=config.vocab_size)
         load_before = os.getloadavg()
 
         say(f"roofline: streaming read of {BANDWIDTH_GIB:g} GiB on {os.cpu_count()} cores, best of {BANDWIDTH_PASSES}")
@@ -114,12 +116,15 @@ def run(args) -> int:
                   "parameter_count": parameters, "random_weights": random_weights,
                   "weight_bytes_per_decode_step": weight_bytes},
         "workload": {"prompt_lengths": lengths, "new_tokens": args.new_tokens, "batch": args.batch,
-                     "decode_prompt_tokens": DECODE_PROMPT, "dtype": "float32", "quick": bool(args.quick)},
+                     "batch_new_tokens": args.batch_new_tokens, "decode_prompt_tokens": DECODE_PROMPT,
+                     "dtype": "float32", "quick": bool(args.quick)},
+        "bench_seconds": None,
         "memory_bandwidth_gb_s": bandwidth,
         "roofline_decode_tokens_per_s": roofline,
         "engines": {e: _engine_report(results[e], reference, roofline, args.batch) for e in engines},
     }
     report["targets"] = _targets(report["engines"], roofline, max(lengths))
+    report["bench_seconds"] = round(say.seconds, 1)
     _print_table(report, args.batch)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -281,15 +286,30 @@ def _engine_report(values: dict, reference: dict, roofline, batch: int) -> dict:
     }
     decode = report["decode_tokens_per_s"]
     report["decode_roofline_fraction"] = decode / roofline if decode and roofline else None
-    checked, same = 0, True
-    for key in ("decode_tokens", "batch_tokens"):
-        ours, theirs = values.get(key), reference.get(key)
-        if ours is not None and theirs is not None:
-            checked += np.asarray(theirs).size
-            same = same and ours == theirs
-    if checked:
-        report["greedy_tokens_match"], report["greedy_tokens_checked"] = bool(same), checked
+    rows = (values.get("decode_tokens") or []) + (values.get("batch_tokens") or [])
+    if rows and reference.get("reference_tokens"):
+        same, checked = _compare(rows, reference["reference_tokens"], reference["reference_margins"])
+        report["greedy_tokens_match"], report["greedy_tokens_checked"] = same, checked
     return report
+
+
+NEAR_TIE = 0.01  # logits; two implementations' float32 sums differ by up to ~1e-3 here
+
+
+def _compare(rows, reference, margins) -> tuple[bool, int]:
+    """Whether every row equals transformers' greedy tokens, and how many tokens were compared.
+
+    Each row is compared up to the first step where transformers' two best logits are within
+    NEAR_TIE: there, float32 rounding may pick either, and after it the texts legitimately part.
+    (transformers' own batched run parts from its single-row run at such a step.)
+    """
+    checked = 0
+    for ours, theirs, gaps in zip(rows, reference, margins):
+        n = next((i for i, g in enumerate(gaps) if g < NEAR_TIE), len(gaps))
+        if ours[:n] != theirs[:n]:
+            return False, checked + n
+        checked += n
+    return True, checked
 
 
 # The issue's targets for the compiled engine, against transformers eager in the same run.
@@ -350,8 +370,19 @@ def _machine(load_before) -> dict:
             "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
 
-def _say(message: str) -> None:
-    print(f"· {message}", file=sys.stderr, flush=True)
+class _Progress:
+    """Progress lines on stderr, each with the time since the benchmark started."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        elapsed = int(self.seconds)
+        print(f"· [{elapsed // 60:2d}:{elapsed % 60:02d}] {message}", file=sys.stderr, flush=True)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.start
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -537,9 +568,16 @@ def _worker(job: dict) -> int:
     if not slow:
         engine.generate(prompts, 2)  # warm-up at this batch size
     start = time.perf_counter()
-    tokens, stamps = engine.generate(prompts, n)
+    tokens, stamps = engine.generate(prompts, job["batch_new_tokens"])
     emit("batch_tokens_per_s", batch * len(stamps) / (stamps[-1] - start))
     emit("batch_tokens", tokens)
+
+    if job["engine"] == REFERENCE:  # after the timed runs, which it must not slow down
+        tokens, margins = engine.reference(prompt, n)
+        more, more_margins = engine.reference(prompts, job["batch_new_tokens"])
+        tokens, margins = tokens + more, margins + more_margins
+        emit("reference_tokens", tokens)
+        emit("reference_margins", margins)
     return 0
 
 
@@ -572,7 +610,7 @@ class _MaxKV:
 
     def compile(self) -> float:
         start = time.perf_counter()
-        self.model.step_graph  # noqa: B018
+        self.model.step_graph, self.model.decode_graph  # noqa: B018  prefill and decode
         return time.perf_counter() - start
 
     def prefill(self, ids: np.ndarray) -> None:
@@ -703,13 +741,24 @@ class _TorchEager:
                 pass
 
         x = self.torch.from_numpy(ids)
-        settings = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
-                                    pad_token_id=0)
+        settings = GenerationConfig(max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
         with self.torch.inference_mode():
             self.model.generate(x, attention_mask=self.torch.ones_like(x), generation_config=settings,
                                 streamer=Collect())
         steps, stamps = steps[1:], stamps[1:]  # not the prompt
         return [list(row) for row in zip(*steps)], stamps
+
+    def reference(self, prompts: np.ndarray, n: int) -> tuple[list[list[int]], list[list[float]]]:
+        """transformers' greedy tokens for each prompt alone (batch 1, as `reference_greedy`),
+        with the gap between the two best logits at every step."""
+        from max_gpt2.reference import reference_greedy
+
+        tokens, margins = [], []
+        for prompt in prompts:
+            gaps: list[float] = []
+            tokens.append(reference_greedy(self.model, prompt.tolist(), n, gaps))
+            margins.append([float(g) for g in gaps])
+        return tokens, margins
 
 
 class _TorchCompile(_TorchEager):
