@@ -13,7 +13,7 @@ Each layer has two ways in:
 
 `GPT2Step` runs `forward_cached` over a prompt (prefill); `GPT2Decode` is the same model for
 one token per row (decode), where each projection is a matrix-vector product bound by reading
-the weights, run by our own kernel (`kernels/matvec.mojo`) instead of MAX's general matmul.
+the weights, run by our own kernels (`kernels/matvec.mojo`) instead of MAX's general matmul.
 
 Shapes in comments: B batch, T new tokens, P past tokens, S = P + T, C n_embd, H heads, D head dim,
 L layers, V vocabulary.
@@ -30,8 +30,7 @@ from pathlib import Path
 import max.experimental.functional as F
 from max.driver import Device
 from max.dtype import DType
-from max.experimental import nn
-from max.experimental.nn import Embedding, Module, ModuleList
+from max.experimental.nn import Embedding, Linear, Module, ModuleList
 from max.experimental.tensor import Tensor, TensorType
 from max.graph import Dim, DimLike, StaticDim
 
@@ -71,26 +70,34 @@ def kernel_library() -> Path:
     return library
 
 
-class Linear(nn.Linear):
-    """MAX's Linear (x @ W.T + b, W stored [out, in]); in a `GPT2Decode` it runs as `matvec`."""
+def matvec(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    norm: LayerNorm | None = None,
+    gelu: bool = False,
+    residual: Tensor | None = None,
+) -> Tensor:
+    """x @ weight.T + bias by our kernels, for few rows: (..., K) with weight [N, K] -> (..., N).
 
-    as_matvec = False
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.as_matvec:
-            return super().forward(x)
-        return matvec(x, self.weight, self.bias if isinstance(self.bias, Tensor) else None)
-
-
-def matvec(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x @ weight.T + bias by our kernel: (..., K) with weight [N, K] -> (..., N), for few rows."""
+    In the same kernel launch, optionally: `norm` (a LayerNorm) applied to x first, GELU (tanh
+    form; with `norm` only) applied after, `residual` added to the result.
+    """
     *lead, k = x.shape
-    rows = x.reshape([-1, k])  # (R, K)
     n = weight.shape[0]
+    rows = x.reshape([-1, k])  # (R, K)
     if bias is None:
         bias = F.broadcast_to(Tensor(0.0, dtype=x.dtype, device=x.device), [n])
     out_type = TensorType(x.dtype, [rows.shape[0], n], device=x.device)
-    out = F.custom("gpt2_matvec", x.device, [rows, weight, bias], [out_type], custom_extensions=kernel_library())[0]
+    if norm is not None:
+        name, inputs = "gpt2_norm_matvec", [rows, norm.weight, norm.bias, weight, bias]
+        parameters = {"gelu": gelu, "epsilon": float(norm.eps)}
+    elif residual is not None:
+        name, inputs, parameters = "gpt2_matvec_add", [rows, weight, bias, residual.reshape([-1, n])], None
+    else:
+        name, inputs, parameters = "gpt2_matvec", [rows, weight, bias], None
+    out = F.custom(name, x.device, inputs, [out_type], parameters=parameters, custom_extensions=kernel_library())[0]
     return out.reshape([*lead, n])
 
 
@@ -174,22 +181,6 @@ class GPT2Attention(Module):
         v = F.concat([past_v, v], axis=2)
         return self.c_proj(self.merge_heads(self.attend(q, k, v, mask))), k, v
 
-    def forward_decode(
-        self, x: Tensor, mask: Tensor, past_k: Tensor, past_v: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One new token per row: returns only its key and value, for the caller to store.
-
-        The cache is not copied to append them: the new key is scored beside the P cached ones
-        and the two parts of the weighted sum are added. `mask` has P + 1 columns.
-        """
-        q, k, v = self.split_qkv(x)  # (B, H, 1, D)
-        past = past_k.shape[2]
-        scores = F.concat([q @ past_k.transpose(-1, -2), q @ k.transpose(-1, -2)], axis=-1)  # (B, H, 1, P + 1)
-        weights = F.softmax(scores * self.scale + mask)
-        w_past, w_new = weights[:, :, :, :past], weights[:, :, :, past:]
-        out = w_past @ past_v + w_new * v  # (B, H, 1, D)
-        return self.c_proj(self.merge_heads(out)), k, v
-
     def split_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T, C) -> three (B, H, T, D): query, key, value."""
         c = self.n_head * self.head_dim
@@ -247,10 +238,9 @@ class GPT2Block(Module):
         return x + self.mlp(self.ln_2(x))
 
     def forward_cached(
-        self, x: Tensor, mask: Tensor, past_k: Tensor, past_v: Tensor, *, decode: bool = False
+        self, x: Tensor, mask: Tensor, past_k: Tensor, past_v: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        attend = self.attn.forward_decode if decode else self.attn.forward_cached
-        a, k, v = attend(self.ln_1(x), mask, past_k, past_v)
+        a, k, v = self.attn.forward_cached(self.ln_1(x), mask, past_k, past_v)
         x = x + a
         return x + self.mlp(self.ln_2(x)), k, v
 
@@ -282,22 +272,18 @@ class GPT2Model(Module):
         key_mask: Tensor,  # (B, S) float: 0 for a real token, a large negative for padding
         past_k: Tensor,  # (L, B, H, P, D)
         past_v: Tensor,  # (L, B, H, P, D)
-        *,
-        decode: bool = False,  # one new token per row: return only its keys and values
     ) -> tuple[Tensor, Tensor, Tensor]:
         x = self.wte(input_ids) + self.wpe(position_ids)
         b, t = input_ids.shape
         p = past_k.shape[3]
         key_mask = F.rebind(key_mask, [b, Dim(p) + t])  # the caller passes S = P + T columns
-        mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
-        if not one(t):  # one new token may see every cached one: no causal part
-            mask = causal_mask(t, p, dtype=x.dtype, device=x.device) + mask  # (B, 1, T, S)
+        mask = causal_mask(t, p, dtype=x.dtype, device=x.device) + key_mask[:, None, None, :]  # (B, 1, T, S)
         ks, vs = [], []
         for i, block in enumerate(self.h):
-            x, k, v = block.forward_cached(x, mask, past_k[i], past_v[i], decode=decode)
+            x, k, v = block.forward_cached(x, mask, past_k[i], past_v[i])
             ks.append(k)
             vs.append(v)
-        return self.ln_f(x), F.stack(ks), F.stack(vs)  # (L, B, H, S or 1, D)
+        return self.ln_f(x), F.stack(ks), F.stack(vs)
 
 
 # ANCHOR_END: stacking_transformer_blocks
@@ -346,23 +332,56 @@ class GPT2Decode(GPT2Step):
     new token's keys and values (L, B, H, 1, D) out, for the caller to store in place.
 
     A decode step reads all the weights to do two flops per weight, so its speed is the speed
-    at which the weights stream from memory: every projection and the head run as `matvec`
-    (kernels/matvec.mojo), and the cache is read where it is, never copied to grow it.
-    The cache may be longer than the tokens so far; `key_mask` hides the unused positions.
+    at which the weights stream from memory. On a CPU every projection and the head run as
+    `matvec` (kernels/matvec.mojo), each with the layer norm, GELU or residual add around it in
+    the same kernel launch; and the cache is read where it is, never copied to grow it. The
+    cache may be longer than the tokens so far: `key_mask` (P + 1 columns, the new token last)
+    hides the unused positions.
     """
 
     def __init__(self, config: GPT2Config, *, matvec: bool = True) -> None:
         super().__init__(config)
-        self.use_matvec = matvec  # False on an accelerator: the kernel is for CPUs
-        for _, module in self.descendants:
-            if isinstance(module, Linear):
-                module.as_matvec = matvec
+        self.use_matvec = matvec  # False on an accelerator: the kernels are for CPUs
 
     def forward(self, input_ids, position_ids, key_mask, past_k, past_v):
-        x, k, v = self.transformer.forward_cached(input_ids, position_ids, key_mask, past_k, past_v, decode=True)
-        return self.head(x[:, -1]), k, v  # (B, V), (L, B, H, 1, D) twice
+        t = self.transformer
+        x = t.wte(input_ids) + t.wpe(position_ids)  # (B, 1, C)
+        key_mask = F.rebind(key_mask, [input_ids.shape[0], Dim(past_k.shape[3]) + 1])
+        mask = key_mask[:, None, None, :]  # (B, 1, 1, P + 1): one new token may see every cached one
+        ks, vs = [], []
+        for i, block in enumerate(t.h):
+            x, k, v = self.block(block, x, mask, past_k[i], past_v[i])
+            ks.append(k)
+            vs.append(v)
+        return self.head(t.ln_f(x)[:, -1]), F.stack(ks), F.stack(vs)  # (B, V), (L, B, H, 1, D) twice
+
+    def block(self, block: GPT2Block, x, mask, past_k, past_v):
+        """GPT2Block.forward_cached for one token, with GPT2Attention's arithmetic; the new key
+        is scored beside the P cached ones and the two parts of the weighted sum are added."""
+        attn, mlp = block.attn, block.mlp
+        c = attn.n_head * attn.head_dim
+        qkv = self.project(x, attn.c_attn, norm=block.ln_1)
+        q, k, v = (attn.split_heads(part) for part in F.split(qkv, [c, c, c], axis=2))  # (B, H, 1, D)
+        scores = F.concat([q @ past_k.transpose(-1, -2), q @ k.transpose(-1, -2)], axis=-1)  # (B, H, 1, P + 1)
+        weights = F.softmax(scores * attn.scale + mask)
+        past = past_k.shape[2]
+        out = weights[:, :, :, :past] @ past_v + weights[:, :, :, past:] * v  # (B, H, 1, D)
+        x = self.project(attn.merge_heads(out), attn.c_proj, residual=x)
+        h = self.project(x, mlp.c_fc, norm=block.ln_2, act=mlp.activation_function)
+        return self.project(h, mlp.c_proj, residual=x), k, v
+
+    def project(self, x, linear: Linear, *, norm=None, act: str | None = None, residual=None):
+        """residual + act(linear(norm(x))), each part optional, in one launch where it can be."""
+        if not self.use_matvec:
+            y = linear(norm(x) if norm is not None else x)
+            y = activation(y, act) if act else y
+            return y + residual if residual is not None else y
+        gelu = norm is not None and act in TANH_GELU
+        y = matvec(x, linear.weight, linear.bias, norm=norm, gelu=gelu, residual=residual)
+        return activation(y, act) if act and not gelu else y
 
     def head(self, x: Tensor) -> Tensor:
-        if self.use_matvec and self.config.tie_word_embeddings:
-            return matvec(x, self.transformer.wte.weight)
-        return super().head(x)
+        if not self.use_matvec:
+            return super().head(x)
+        table = self.transformer.wte.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        return matvec(x, table)

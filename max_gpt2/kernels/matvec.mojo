@@ -1,16 +1,23 @@
-# A matrix-vector product for decoding: out = x @ w.T + b for the few rows x of one decode step.
+# Matrix-vector products for decoding: out = x @ w.T + b for the few rows x of one decode step.
 #
 # At one token per row, every projection of GPT-2 reads its whole weight matrix to do two flops
 # per weight, so decoding is bound by how fast the weights stream from memory. MAX's general
 # matmul reads them well below the speed of a plain streaming read on this CPU (numbers in
-# docs/benchmarks.md). This kernel streams each weight row once, front to back, and uses it for
+# docs/benchmarks.md). These kernels stream each weight row once, front to back, and use it for
 # every row of x while it is in L1. Prefill (many rows) keeps MAX's matmul, which blocks for
 # compute.
+#
+# Each kernel launch also costs tens of microseconds of scheduling, about what a 768 x 768
+# projection takes to read, so the pieces around the projections of a block are done in the
+# same launch: the layer norm before c_attn and c_fc, the GELU after c_fc, the residual add
+# after each c_proj.
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
+from std.math import sqrt, tanh
+from std.memory import alloc
 from std.sys.info import num_physical_cores
 
 comptime F32 = DType.float32
@@ -30,80 +37,156 @@ struct MatVec:
         b: InputTensor[dtype=F32, rank=1, ...],
         ctx: DeviceContext,
     ) raises:
+        matvec[False](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), output.unsafe_ptr(),
+                      x.dim_size(0), x.dim_size(1), w.dim_size(0))
+
+
+@extensibility.register("gpt2_matvec_add")
+struct MatVecAdd:
+    """Computes out = r + x @ w.T + b: a block's output projection and its residual connection.
+    """
+
+    @staticmethod
+    def execute[target: StaticString](
+        output: OutputTensor[dtype=F32, rank=2, ...],
+        x: InputTensor[dtype=F32, rank=2, ...],
+        w: InputTensor[dtype=F32, rank=2, ...],
+        b: InputTensor[dtype=F32, rank=1, ...],
+        r: InputTensor[dtype=F32, rank=2, ...],
+        ctx: DeviceContext,
+    ) raises:
+        matvec[False](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), r.unsafe_ptr(),
+                      x.dim_size(0), x.dim_size(1), w.dim_size(0), add=True)
+
+
+@extensibility.register("gpt2_norm_matvec")
+struct NormMatVec[gelu: Bool, epsilon: Float64]:
+    """Computes out = layer_norm(x) @ w.T + b, then GELU (tanh form) if `gelu`: ln_1 with c_attn,
+    ln_2 with c_fc and its activation."""
+
+    @staticmethod
+    def execute[target: StaticString](
+        output: OutputTensor[dtype=F32, rank=2, ...],
+        x: InputTensor[dtype=F32, rank=2, ...],
+        gamma: InputTensor[dtype=F32, rank=1, ...],
+        beta: InputTensor[dtype=F32, rank=1, ...],
+        w: InputTensor[dtype=F32, rank=2, ...],
+        b: InputTensor[dtype=F32, rank=1, ...],
+        ctx: DeviceContext,
+    ) raises:
         var m_rows = x.dim_size(0)
         var k_dim = x.dim_size(1)
-        var n_dim = w.dim_size(0)
         var xp = x.unsafe_ptr()
-        var wp = w.unsafe_ptr()
-        var bp = b.unsafe_ptr()
-        var op = output.unsafe_ptr()
-        var k_vec = k_dim // W * W
-        # A few contiguous slices of rows per core: each task streams its own part of w.
-        var tasks = num_physical_cores() * 4
-        var per_task = (n_dim + tasks - 1) // tasks
+        var gp = gamma.unsafe_ptr()
+        var bp = beta.unsafe_ptr()
+        # A few rows of k_dim numbers: normalized once, here, then shared by every task.
+        var normed = alloc[Float32](m_rows * k_dim)
+        for m in range(m_rows):
+            var mean = Float32(0)
+            for k in range(k_dim):
+                mean += xp[unsafe_offset=m * k_dim + k]
+            mean /= Float32(k_dim)
+            var var_ = Float32(0)
+            for k in range(k_dim):
+                var d = xp[unsafe_offset=m * k_dim + k] - mean
+                var_ += d * d
+            var rstd = 1 / sqrt(var_ / Float32(k_dim) + Float32(Self.epsilon))
+            for k in range(k_dim):
+                var d = xp[unsafe_offset=m * k_dim + k] - mean
+                normed[unsafe_offset=m * k_dim + k] = d * rstd * gp[unsafe_offset=k] + bp[unsafe_offset=k]
+        matvec[Self.gelu](output.unsafe_ptr(), normed, w.unsafe_ptr(), b.unsafe_ptr(), output.unsafe_ptr(),
+                          m_rows, k_dim, w.dim_size(0))
+        normed.unsafe_free()
 
-        def rows(task: Int) {imm}:
-            var n_end = min((task + 1) * per_task, n_dim)
-            var n = task * per_task
-            # Batches of four rows or more: two rows of w against four rows of x at a time,
-            # eight independent sums, so that the multiply-adds, not the loads, set the pace.
-            while n + 2 <= n_end and m_rows >= 4:
-                var r0 = wp.unsafe_offset(n * k_dim)
-                var r1 = wp.unsafe_offset((n + 1) * k_dim)
-                var m = 0
-                while m + 4 <= m_rows:
-                    var x0 = xp.unsafe_offset(m * k_dim)
-                    var x1 = xp.unsafe_offset((m + 1) * k_dim)
-                    var x2 = xp.unsafe_offset((m + 2) * k_dim)
-                    var x3 = xp.unsafe_offset((m + 3) * k_dim)
-                    var a00 = SIMD[F32, W](0)
-                    var a01 = SIMD[F32, W](0)
-                    var a02 = SIMD[F32, W](0)
-                    var a03 = SIMD[F32, W](0)
-                    var a10 = SIMD[F32, W](0)
-                    var a11 = SIMD[F32, W](0)
-                    var a12 = SIMD[F32, W](0)
-                    var a13 = SIMD[F32, W](0)
-                    for k in range(0, k_vec, W):
-                        var w0 = r0.unsafe_load[width=W](k)
-                        var w1 = r1.unsafe_load[width=W](k)
-                        var v0 = x0.unsafe_load[width=W](k)
-                        var v1 = x1.unsafe_load[width=W](k)
-                        var v2 = x2.unsafe_load[width=W](k)
-                        var v3 = x3.unsafe_load[width=W](k)
-                        a00 += w0 * v0
-                        a01 += w0 * v1
-                        a02 += w0 * v2
-                        a03 += w0 * v3
-                        a10 += w1 * v0
-                        a11 += w1 * v1
-                        a12 += w1 * v2
-                        a13 += w1 * v3
-                    var s = SIMD[F32, 8](
-                        a00.reduce_add(), a01.reduce_add(), a02.reduce_add(), a03.reduce_add(),
-                        a10.reduce_add(), a11.reduce_add(), a12.reduce_add(), a13.reduce_add(),
-                    )
-                    for k in range(k_vec, k_dim):
-                        for j in range(4):
-                            var xk = xp[unsafe_offset=(m + j) * k_dim + k]
-                            s[j] += r0[unsafe_offset=k] * xk
-                            s[4 + j] += r1[unsafe_offset=k] * xk
+
+@always_inline
+def matvec[gelu: Bool](
+    op: Pointer[Float32, MutAnyOrigin],
+    xp: Pointer[Float32, _],
+    wp: Pointer[Float32, _],
+    bp: Pointer[Float32, _],
+    rp: Pointer[Float32, _],
+    m_rows: Int,
+    k_dim: Int,
+    n_dim: Int,
+    add: Bool = False,
+):
+    """Computes out[m, n] = (rp[m, n] if add) + act(sum_k x[m, k] * w[n, k] + b[n]), on every core."""
+    var k_vec = k_dim // W * W
+    # A few contiguous slices of rows per core: each task streams its own part of w.
+    var tasks = num_physical_cores() * 4
+    var per_task = (n_dim + tasks - 1) // tasks
+
+    @always_inline
+    def store(m: Int, n: Int, s: Float32) {imm}:
+        var y = s + bp[unsafe_offset=n]
+        comptime if gelu:
+            y = 0.5 * y * (1 + tanh(Float32(0.7978845608028654) * (y + Float32(0.044715) * y * y * y)))
+        if add:
+            y += rp[unsafe_offset=m * n_dim + n]
+        op[unsafe_offset=m * n_dim + n] = y
+
+    def rows(task: Int) {imm}:
+        var n_end = min((task + 1) * per_task, n_dim)
+        var n = task * per_task
+        # Batches of four rows or more: two rows of w against four rows of x at a time,
+        # eight independent sums, so that the multiply-adds, not the loads, set the pace.
+        while n + 2 <= n_end and m_rows >= 4:
+            var r0 = wp.unsafe_offset(n * k_dim)
+            var r1 = wp.unsafe_offset((n + 1) * k_dim)
+            var m = 0
+            while m + 4 <= m_rows:
+                var x0 = xp.unsafe_offset(m * k_dim)
+                var x1 = xp.unsafe_offset((m + 1) * k_dim)
+                var x2 = xp.unsafe_offset((m + 2) * k_dim)
+                var x3 = xp.unsafe_offset((m + 3) * k_dim)
+                var a00 = SIMD[F32, W](0)
+                var a01 = SIMD[F32, W](0)
+                var a02 = SIMD[F32, W](0)
+                var a03 = SIMD[F32, W](0)
+                var a10 = SIMD[F32, W](0)
+                var a11 = SIMD[F32, W](0)
+                var a12 = SIMD[F32, W](0)
+                var a13 = SIMD[F32, W](0)
+                for k in range(0, k_vec, W):
+                    var w0 = r0.unsafe_load[width=W](k)
+                    var w1 = r1.unsafe_load[width=W](k)
+                    var v0 = x0.unsafe_load[width=W](k)
+                    var v1 = x1.unsafe_load[width=W](k)
+                    var v2 = x2.unsafe_load[width=W](k)
+                    var v3 = x3.unsafe_load[width=W](k)
+                    a00 += w0 * v0
+                    a01 += w0 * v1
+                    a02 += w0 * v2
+                    a03 += w0 * v3
+                    a10 += w1 * v0
+                    a11 += w1 * v1
+                    a12 += w1 * v2
+                    a13 += w1 * v3
+                var s = SIMD[F32, 8](
+                    a00.reduce_add(), a01.reduce_add(), a02.reduce_add(), a03.reduce_add(),
+                    a10.reduce_add(), a11.reduce_add(), a12.reduce_add(), a13.reduce_add(),
+                )
+                for k in range(k_vec, k_dim):
                     for j in range(4):
-                        op[unsafe_offset=(m + j) * n_dim + n] = s[j] + bp[unsafe_offset=n]
-                        op[unsafe_offset=(m + j) * n_dim + n + 1] = s[4 + j] + bp[unsafe_offset=n + 1]
-                    m += 4
-                for i in range(2):
-                    for mm in range(m, m_rows):
-                        op[unsafe_offset=mm * n_dim + n + i] = dot(wp.unsafe_offset((n + i) * k_dim), xp.unsafe_offset(mm * k_dim), k_dim) + bp[unsafe_offset=n + i]
-                n += 2
-            # Batch 1 (and what is left): one row of w at a time, streamed front to back.
-            while n < n_end:
-                for m in range(m_rows):
-                    op[unsafe_offset=m * n_dim + n] = dot(wp.unsafe_offset(n * k_dim), xp.unsafe_offset(m * k_dim), k_dim) + bp[unsafe_offset=n]
-                n += 1
+                        var xk = xp[unsafe_offset=(m + j) * k_dim + k]
+                        s[j] += r0[unsafe_offset=k] * xk
+                        s[4 + j] += r1[unsafe_offset=k] * xk
+                for j in range(4):
+                    store(m + j, n, s[j])
+                    store(m + j, n + 1, s[4 + j])
+                m += 4
+            for i in range(2):
+                for mm in range(m, m_rows):
+                    store(mm, n + i, dot(wp.unsafe_offset((n + i) * k_dim), xp.unsafe_offset(mm * k_dim), k_dim))
+            n += 2
+        # Batch 1 (and what is left): one row of w at a time, streamed front to back.
+        while n < n_end:
+            for m in range(m_rows):
+                store(m, n, dot(wp.unsafe_offset(n * k_dim), xp.unsafe_offset(m * k_dim), k_dim))
+            n += 1
 
-        sync_parallelize(rows, tasks)
-
+    sync_parallelize(rows, tasks)
 
 
 @always_inline
