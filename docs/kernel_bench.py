@@ -1,0 +1,102 @@
+"""The measurements behind docs/benchmarks.md's "where the time goes": GPT-2 124M's projections
+on their own, MAX's matmul against our matrix-vector kernel, and the machine's limits.
+
+    .venv/bin/python docs/kernel_bench.py            # about 10 minutes the first time (compiles)
+
+Prints, for 1 and 8 rows (decode at batch 1 and 8): the 48 projections of the 12 blocks in a
+chain (340 MB of weights) and the tied head (154 MB), each as MAX's `x @ W.T + b` and as
+`max_gpt2.model.matvec`, in ms and GB/s of weights read; the streaming read bandwidth (as bench
+measures it); and the GFLOP/s of one prefill-sized matmul (512 x 768 x 3072) in MAX and in torch.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from max.driver import CPU
+from max.dtype import DType
+from max.experimental import compilation
+from max.experimental.tensor import Tensor, TensorType
+
+from max_gpt2.bench import memory_bandwidth
+from max_gpt2.model import matvec
+
+LAYERS, C, V = 12, 768, 50257
+SHAPES = [(3 * C, C), (C, C), (4 * C, C), (C, 4 * C)]  # c_attn, attn.c_proj, c_fc, mlp.c_proj: [out, in]
+
+
+def best_ms(run, buffers, reps=20) -> float:
+    for _ in range(3):
+        run.execute_raw(*buffers)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        run.execute_raw(*buffers)
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def chain(project):
+    """The blocks' projections in sequence, with the residual adds: what a decode step's weights cost."""
+
+    def run(x, *weights):
+        ws, bs = weights[: len(weights) // 2], weights[len(weights) // 2:]
+        for layer in range(LAYERS):
+            w = ws[4 * layer: 4 * layer + 4]
+            b = bs[4 * layer: 4 * layer + 4]
+            qkv = project(x, w[0], b[0])
+            x = x + project(qkv[:, :C], w[1], b[1])
+            x = x + project(project(x, w[2], b[2]), w[3], b[3])
+        return x
+
+    return run
+
+
+def main() -> None:
+    device = CPU()
+    rng = np.random.default_rng(0)
+    # torch first, before MAX's threads exist: the two thread pools slow each other.
+    a = rng.standard_normal((512, C), dtype=np.float32)
+    w = rng.standard_normal((4 * C, C), dtype=np.float32)
+    flop = 2 * 512 * C * 4 * C
+    import torch
+
+    ta, tw = torch.from_numpy(a), torch.from_numpy(w)
+    times = []
+    for _ in range(23):
+        start = time.perf_counter()
+        ta @ tw.T
+        times.append(time.perf_counter() - start)
+    print(f"prefill-sized matmul 512 x 768 x 3072, torch: {flop / min(times[3:]) / 1e9:5.1f} GFLOP/s")
+
+    weights = [rng.standard_normal(s, dtype=np.float32) * 0.02 for _ in range(LAYERS) for s in SHAPES]
+    biases = [rng.standard_normal(s[0], dtype=np.float32) * 0.02 for _ in range(LAYERS) for s in SHAPES]
+    wte = rng.standard_normal((V, C), dtype=np.float32) * 0.02
+    block_bytes = sum(w.nbytes for w in weights)
+    kinds = {"MAX matmul": lambda x, w, b: x @ w.T + b, "our matvec": matvec}
+
+    for rows in (1, 8):
+        x = rng.standard_normal((rows, C), dtype=np.float32)
+        types = [TensorType(DType.float32, a.shape, device=device) for a in [x, *weights, *biases]]
+        buffers = [Tensor.from_dlpack(a).driver_tensor for a in [x, *weights, *biases]]
+        head_types = [TensorType(DType.float32, a.shape, device=device) for a in (x, wte)]
+        head_buffers = [Tensor.from_dlpack(a).driver_tensor for a in (x, wte)]
+        for name, project in kinds.items():
+            run = compilation.compile(chain(project))(*types)
+            ms = best_ms(run, buffers)
+            print(f"{rows} row(s), 48 projections, {name}: {ms:6.2f} ms = {block_bytes / ms / 1e6:5.1f} GB/s")
+            head = compilation.compile(lambda h, w, p=project: p(h, w, None) if p is matvec else h @ w.T)(*head_types)
+            ms = best_ms(head, head_buffers)
+            print(f"{rows} row(s), head [50257, 768], {name}: {ms:6.2f} ms = {wte.nbytes / ms / 1e6:5.1f} GB/s")
+
+    print(f"streaming read (bench's roofline): {memory_bandwidth():.1f} GB/s")
+
+    run = compilation.compile(lambda x, w: x @ w.T)(*(TensorType(DType.float32, t.shape, device=device) for t in (a, w)))
+    ms = best_ms(run, [Tensor.from_dlpack(t).driver_tensor for t in (a, w)])
+    print(f"prefill-sized matmul 512 x 768 x 3072, MAX:   {flop / ms / 1e6:5.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
