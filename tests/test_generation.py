@@ -45,9 +45,11 @@ def test_batch_text_equals_single_text(hub):
     assert hub.model.generate(PROMPTS, 24) == [hub.model.generate(p, 24) for p in PROMPTS]
 
 
-def test_decode_logits_equal_a_full_recompute_at_every_step(hub):
+@pytest.mark.parametrize("batch", [2, 5], ids=["one row at a time", "tiles of four rows and one left"])
+def test_decode_logits_equal_a_full_recompute_at_every_step(hub, batch):
     model = hub.model
-    rows = [model.tokenizer.encode(p) for p in PROMPTS[:2]]
+    more = ["Once upon a time", "In 1969, the first"]  # the decode kernels take four rows at a time
+    rows = [model.tokenizer.encode(p) for p in (PROMPTS + more)[:batch]]
     logits, cache = model._prefill(rows)
     for _ in range(12):
         for row, got in zip(rows, logits):

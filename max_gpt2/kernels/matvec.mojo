@@ -129,17 +129,19 @@ def matvec[gelu: Bool](
     def rows(task: Int) {imm}:
         var n_end = min((task + 1) * per_task, n_dim)
         var n = task * per_task
-        # Batches of four rows or more: two rows of w against four rows of x at a time,
-        # eight independent sums, so that the multiply-adds, not the loads, set the pace.
-        while n + 2 <= n_end and m_rows >= 4:
+        # Batches of four rows or more: four rows of w against four rows of x at a time, sixteen
+        # independent sums in registers, so that each load feeds four multiply-adds.
+        while n + 4 <= n_end and m_rows >= 4:
             var r0 = wp.unsafe_offset(n * k_dim)
             var r1 = wp.unsafe_offset((n + 1) * k_dim)
+            var r2 = wp.unsafe_offset((n + 2) * k_dim)
+            var r3 = wp.unsafe_offset((n + 3) * k_dim)
             var m = 0
             while m + 4 <= m_rows:
-                var x0 = xp.unsafe_offset(m * k_dim)
-                var x1 = xp.unsafe_offset((m + 1) * k_dim)
-                var x2 = xp.unsafe_offset((m + 2) * k_dim)
-                var x3 = xp.unsafe_offset((m + 3) * k_dim)
+                var xr0 = xp.unsafe_offset(m * k_dim)
+                var xr1 = xp.unsafe_offset((m + 1) * k_dim)
+                var xr2 = xp.unsafe_offset((m + 2) * k_dim)
+                var xr3 = xp.unsafe_offset((m + 3) * k_dim)
                 var a00 = SIMD[F32, W](0)
                 var a01 = SIMD[F32, W](0)
                 var a02 = SIMD[F32, W](0)
@@ -148,38 +150,52 @@ def matvec[gelu: Bool](
                 var a11 = SIMD[F32, W](0)
                 var a12 = SIMD[F32, W](0)
                 var a13 = SIMD[F32, W](0)
+                var a20 = SIMD[F32, W](0)
+                var a21 = SIMD[F32, W](0)
+                var a22 = SIMD[F32, W](0)
+                var a23 = SIMD[F32, W](0)
+                var a30 = SIMD[F32, W](0)
+                var a31 = SIMD[F32, W](0)
+                var a32 = SIMD[F32, W](0)
+                var a33 = SIMD[F32, W](0)
                 for k in range(0, k_vec, W):
+                    var x0 = xr0.unsafe_load[width=W](k)
+                    var x1 = xr1.unsafe_load[width=W](k)
+                    var x2 = xr2.unsafe_load[width=W](k)
+                    var x3 = xr3.unsafe_load[width=W](k)
                     var w0 = r0.unsafe_load[width=W](k)
+                    a00 += w0 * x0
+                    a01 += w0 * x1
+                    a02 += w0 * x2
+                    a03 += w0 * x3
                     var w1 = r1.unsafe_load[width=W](k)
-                    var v0 = x0.unsafe_load[width=W](k)
-                    var v1 = x1.unsafe_load[width=W](k)
-                    var v2 = x2.unsafe_load[width=W](k)
-                    var v3 = x3.unsafe_load[width=W](k)
-                    a00 += w0 * v0
-                    a01 += w0 * v1
-                    a02 += w0 * v2
-                    a03 += w0 * v3
-                    a10 += w1 * v0
-                    a11 += w1 * v1
-                    a12 += w1 * v2
-                    a13 += w1 * v3
-                var s = SIMD[F32, 8](
-                    a00.reduce_add(), a01.reduce_add(), a02.reduce_add(), a03.reduce_add(),
-                    a10.reduce_add(), a11.reduce_add(), a12.reduce_add(), a13.reduce_add(),
-                )
+                    a10 += w1 * x0
+                    a11 += w1 * x1
+                    a12 += w1 * x2
+                    a13 += w1 * x3
+                    var w2 = r2.unsafe_load[width=W](k)
+                    a20 += w2 * x0
+                    a21 += w2 * x1
+                    a22 += w2 * x2
+                    a23 += w2 * x3
+                    var w3 = r3.unsafe_load[width=W](k)
+                    a30 += w3 * x0
+                    a31 += w3 * x1
+                    a32 += w3 * x2
+                    a33 += w3 * x3
+                var s = SIMD[F32, 16](a00.reduce_add(), a01.reduce_add(), a02.reduce_add(), a03.reduce_add(), a10.reduce_add(), a11.reduce_add(), a12.reduce_add(), a13.reduce_add(), a20.reduce_add(), a21.reduce_add(), a22.reduce_add(), a23.reduce_add(), a30.reduce_add(), a31.reduce_add(), a32.reduce_add(), a33.reduce_add())  # s[4 * i + j]: row n + i of w, row m + j of x
                 for k in range(k_vec, k_dim):
+                    for i in range(4):
+                        for j in range(4):
+                            s[4 * i + j] += wp[unsafe_offset=(n + i) * k_dim + k] * xp[unsafe_offset=(m + j) * k_dim + k]
+                for i in range(4):
                     for j in range(4):
-                        var xk = xp[unsafe_offset=(m + j) * k_dim + k]
-                        s[j] += r0[unsafe_offset=k] * xk
-                        s[4 + j] += r1[unsafe_offset=k] * xk
-                for j in range(4):
-                    store(m + j, n, s[j])
-                    store(m + j, n + 1, s[4 + j])
+                        store(m + j, n + i, s[4 * i + j])
                 m += 4
-            for i in range(2):
+            for i in range(4):
                 for mm in range(m, m_rows):
                     store(mm, n + i, dot(wp.unsafe_offset((n + i) * k_dim), xp.unsafe_offset(mm * k_dim), k_dim))
-            n += 2
+            n += 4
         # Batch 1 (and what is left): one row of w at a time, streamed front to back.
         while n < n_end:
             for m in range(m_rows):
