@@ -1,7 +1,7 @@
-"""The measurements behind docs/benchmarks.md's "where the time goes": GPT-2 124M's projections
+"""The measurements behind docs/benchmarks.md's account of the targets: GPT-2 124M's projections
 on their own, MAX's matmul against our matrix-vector kernel, and the machine's limits.
 
-    .venv/bin/python docs/kernel_bench.py            # about 10 minutes the first time (compiles)
+    .venv/bin/python docs/kernel_bench.py            # about 2 minutes
 
 Prints, for 1 and 8 rows (decode at batch 1 and 8): the 48 projections of the 12 blocks in a
 chain (340 MB of weights) and the tied head (154 MB), each as MAX's `x @ W.T + b` and as
