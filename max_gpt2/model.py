@@ -13,7 +13,8 @@ Each layer has two ways in:
 
 `GPT2Step` runs `forward_cached` over a prompt (prefill); `GPT2Decode` is the same model for
 one token per row (decode), where each projection is a matrix-vector product bound by reading
-the weights, run by our own kernels (`kernels/matvec.mojo`) instead of MAX's general matmul.
+the weights, run by our own kernels (`kernels/matvec.mojo`) instead of MAX's general matmul,
+and attention is one kernel launch per layer (`kernels/attention.mojo`).
 
 Shapes in comments: B batch, T new tokens, P past tokens, S = P + T, C n_embd, H heads, D head dim,
 L layers, V vocabulary.
@@ -99,6 +100,20 @@ def matvec(
         name, inputs, parameters = "gpt2_matvec", [rows, weight, bias], None
     out = F.custom(name, x.device, inputs, [out_type], parameters=parameters, custom_extensions=kernel_library())[0]
     return out.reshape([*lead, n])
+
+
+def decode_attention(qkv: Tensor, past_k: Tensor, past_v: Tensor, key_mask: Tensor, scale: float):
+    """One new token per row attending to its cache, by our kernel (kernels/attention.mojo):
+    qkv (B, 1, 3C) from c_attn, past_k and past_v (B, H, P, D), key_mask (B, P + 1) added to the
+    scaled scores. Returns the attention (B, 1, C) and the new token's key and value (B, H, 1, D).
+    """
+    b, h, _, d = past_k.shape
+    rows = qkv.reshape([b, 3 * h * d])
+    types = [TensorType(qkv.dtype, [b, h * d], device=qkv.device)]
+    types += [TensorType(qkv.dtype, [b, h, 1, d], device=qkv.device)] * 2
+    out, k, v = F.custom("gpt2_decode_attention", qkv.device, [rows, past_k, past_v, key_mask], types,
+                         parameters={"scale": float(scale)}, custom_extensions=kernel_library())
+    return out.reshape([b, 1, h * d]), k, v
 
 
 def one(dim: DimLike) -> bool:
@@ -334,9 +349,9 @@ class GPT2Decode(GPT2Step):
     A decode step reads all the weights to do two flops per weight, so its speed is the speed
     at which the weights stream from memory. On a CPU every projection and the head run as
     `matvec` (kernels/matvec.mojo), each with the layer norm, GELU or residual add around it in
-    the same kernel launch; and the cache is read where it is, never copied to grow it. The
-    cache may be longer than the tokens so far: `key_mask` (P + 1 columns, the new token last)
-    hides the unused positions.
+    the same kernel launch, and attention is `decode_attention` (kernels/attention.mojo); the
+    cache is read where it is, never copied to grow it. The cache may be longer than the tokens
+    so far: `key_mask` (P + 1 columns, the new token last) hides the unused positions.
     """
 
     def __init__(self, config: GPT2Config, *, matvec: bool = True) -> None:
@@ -346,27 +361,29 @@ class GPT2Decode(GPT2Step):
     def forward(self, input_ids, position_ids, key_mask, past_k, past_v):
         t = self.transformer
         x = t.wte(input_ids) + t.wpe(position_ids)  # (B, 1, C)
-        key_mask = F.rebind(key_mask, [input_ids.shape[0], Dim(past_k.shape[3]) + 1])
-        mask = key_mask[:, None, None, :]  # (B, 1, 1, P + 1): one new token may see every cached one
+        key_mask = F.rebind(key_mask, [input_ids.shape[0], Dim(past_k.shape[3]) + 1])  # (B, P + 1)
         ks, vs = [], []
         for i, block in enumerate(t.h):
-            x, k, v = self.block(block, x, mask, past_k[i], past_v[i])
+            x, k, v = self.block(block, x, key_mask, past_k[i], past_v[i])
             ks.append(k)
             vs.append(v)
-        return self.head(t.ln_f(x)[:, -1]), F.stack(ks), F.stack(vs)  # (B, V), (L, B, H, 1, D) twice
+        return self.head(x[:, -1]), F.stack(ks), F.stack(vs)  # (B, V), (L, B, H, 1, D) twice
 
-    def block(self, block: GPT2Block, x, mask, past_k, past_v):
-        """GPT2Block.forward_cached for one token, with GPT2Attention's arithmetic; the new key
-        is scored beside the P cached ones and the two parts of the weighted sum are added."""
+    def block(self, block: GPT2Block, x, key_mask, past_k, past_v):
+        """GPT2Block.forward_cached for one token: the new key is scored beside the P cached
+        ones, and the value's weighted sum is the cached part plus the new one."""
         attn, mlp = block.attn, block.mlp
-        c = attn.n_head * attn.head_dim
-        qkv = self.project(x, attn.c_attn, norm=block.ln_1)
-        q, k, v = (attn.split_heads(part) for part in F.split(qkv, [c, c, c], axis=2))  # (B, H, 1, D)
-        scores = F.concat([q @ past_k.transpose(-1, -2), q @ k.transpose(-1, -2)], axis=-1)  # (B, H, 1, P + 1)
-        weights = F.softmax(scores * attn.scale + mask)
-        past = past_k.shape[2]
-        out = weights[:, :, :, :past] @ past_v + weights[:, :, :, past:] * v  # (B, H, 1, D)
-        x = self.project(attn.merge_heads(out), attn.c_proj, residual=x)
+        qkv = self.project(x, attn.c_attn, norm=block.ln_1)  # (B, 1, 3C)
+        if self.use_matvec:
+            out, k, v = decode_attention(qkv, past_k, past_v, key_mask, attn.scale)
+        else:  # GPT2Attention's arithmetic in MAX's ops
+            c = attn.n_head * attn.head_dim
+            q, k, v = (attn.split_heads(part) for part in F.split(qkv, [c, c, c], axis=2))  # (B, H, 1, D)
+            scores = F.concat([q @ past_k.transpose(-1, -2), q @ k.transpose(-1, -2)], axis=-1)  # (B, H, 1, P + 1)
+            weights = F.softmax(scores * attn.scale + key_mask[:, None, None, :])
+            past = past_k.shape[2]
+            out = attn.merge_heads(weights[:, :, :, :past] @ past_v + weights[:, :, :, past:] * v)  # (B, 1, C)
+        x = self.project(out, attn.c_proj, residual=x)
         h = self.project(x, mlp.c_fc, norm=block.ln_2, act=mlp.activation_function)
         return self.project(h, mlp.c_proj, residual=x), k, v
 
@@ -381,7 +398,8 @@ class GPT2Decode(GPT2Step):
         return activation(y, act) if act and not gelu else y
 
     def head(self, x: Tensor) -> Tensor:
+        """ln_f and the LM head, in one launch on a CPU."""
         if not self.use_matvec:
-            return super().head(x)
+            return super().head(self.transformer.ln_f(x))
         table = self.transformer.wte.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return matvec(x, table)
+        return matvec(x, table, norm=self.transformer.ln_f)

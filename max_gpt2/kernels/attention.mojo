@@ -1,0 +1,92 @@
+# Attention of one decode step: each row's one new token against its cached keys and values.
+#
+# In MAX's ops this is some twenty small operations per layer (split, reshape and transpose the
+# heads, two products, concat, scale, mask, softmax, the weighted sum, merge the heads), each a
+# launch of its own for a few kilobytes of work. Here it is one launch: every (row, head) pair
+# is a task that reads its query from the c_attn output, scores it against the cached keys and
+# its own new key, and writes its part of the weighted sum of values.
+
+import extensibility
+from extensibility import InputTensor, OutputTensor
+from max.algorithm import sync_parallelize
+from max.gpu.host import DeviceContext
+from std.math import exp
+from std.memory import alloc
+
+from .matvec import dot, F32, W
+
+
+@extensibility.register("gpt2_decode_attention")
+struct DecodeAttention[scale: Float64]:
+    """From qkv (B, 3C), the output of c_attn for one new token per row, and the cache (B, H, P,
+    D): out (B, C), the attention of the new token with its heads merged, and its key and value
+    (B, H, 1, D) for the caller to store. `key_mask` (B, P + 1) is added to the scaled scores,
+    the new token's column last: 0 where a position may be seen, a large negative number where
+    it may not (padding, cache capacity not yet used)."""
+
+    @staticmethod
+    def execute[target: StaticString](
+        output: OutputTensor[dtype=F32, rank=2, ...],
+        new_k: OutputTensor[dtype=F32, rank=4, ...],
+        new_v: OutputTensor[dtype=F32, rank=4, ...],
+        qkv: InputTensor[dtype=F32, rank=2, ...],
+        past_k: InputTensor[dtype=F32, rank=4, ...],
+        past_v: InputTensor[dtype=F32, rank=4, ...],
+        key_mask: InputTensor[dtype=F32, rank=2, ...],
+        ctx: DeviceContext,
+    ) raises:
+        var rows = past_k.dim_size(0)
+        var heads = past_k.dim_size(1)
+        var past = past_k.dim_size(2)
+        var d_head = past_k.dim_size(3)
+        var width = heads * d_head
+        var op = output.unsafe_ptr()
+        var kp = new_k.unsafe_ptr()
+        var vp = new_v.unsafe_ptr()
+        var qkvp = qkv.unsafe_ptr()
+        var pkp = past_k.unsafe_ptr()
+        var pvp = past_v.unsafe_ptr()
+        var mp = key_mask.unsafe_ptr()
+        var d_vec = d_head // W * W
+
+        def one(task: Int) {imm}:
+            var b = task // heads
+            var h = task % heads
+            var q = qkvp.unsafe_offset(b * 3 * width + h * d_head)
+            var k_new = q.unsafe_offset(width)
+            var v_new = q.unsafe_offset(2 * width)
+            var keys = pkp.unsafe_offset(task * past * d_head)  # (b, h) of (B, H, P, D)
+            var values = pvp.unsafe_offset(task * past * d_head)
+            var mask = mp.unsafe_offset(b * (past + 1))
+            var out = op.unsafe_offset(b * width + h * d_head)
+            for d in range(d_head):
+                kp[unsafe_offset=task * d_head + d] = k_new[unsafe_offset=d]
+                vp[unsafe_offset=task * d_head + d] = v_new[unsafe_offset=d]
+
+            # Softmax of the scaled, masked scores; the new token is position `past`.
+            var scores = alloc[Float32](past + 1)
+            var top = Float32.MIN
+            for j in range(past + 1):
+                var key = keys.unsafe_offset(j * d_head) if j < past else k_new
+                var s = dot(q, key, d_head) * Float32(Self.scale) + mask[unsafe_offset=j]
+                scores[unsafe_offset=j] = s
+                top = max(top, s)
+            var total = Float32(0)
+            for j in range(past + 1):
+                var e = exp(scores[unsafe_offset=j] - top)
+                scores[unsafe_offset=j] = e
+                total += e
+
+            # out = sum_j weight_j * value_j, a head's D numbers kept in the output row.
+            for d in range(d_head):
+                out[unsafe_offset=d] = 0
+            for j in range(past + 1):
+                var wj = scores[unsafe_offset=j] / total
+                var value = values.unsafe_offset(j * d_head) if j < past else v_new
+                for d in range(0, d_vec, W):
+                    out.unsafe_store(d, out.unsafe_load[width=W](d) + wj * value.unsafe_load[width=W](d))
+                for d in range(d_vec, d_head):
+                    out[unsafe_offset=d] += wj * value[unsafe_offset=d]
+            scores.unsafe_free()
+
+        sync_parallelize(one, rows * heads)

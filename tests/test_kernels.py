@@ -1,0 +1,107 @@
+"""Our Mojo kernels (max_gpt2/kernels) alone, against numpy, at sizes the models in the other
+tests never reach: widths that are no multiple of the 16-lane vectors, row counts on both sides
+of the four-row tile, a head size with a remainder, a masked cache position.
+
+The whole-model tests (decode equal to a full recompute, greedy text equal to transformers)
+cover the kernels inside the graph; these cover every branch of their loops, in seconds.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("max")
+
+import max.experimental.functional as F  # noqa: E402
+from max.driver import CPU  # noqa: E402
+from max.dtype import DType  # noqa: E402
+from max.experimental import compilation  # noqa: E402
+from max.experimental.tensor import Tensor, TensorType  # noqa: E402
+
+from max_gpt2.model import decode_attention, matvec  # noqa: E402
+
+K, N = 40, 37  # 40 = two 16-lane vectors and 8 left over; 37 rows of w = nine tiles of four and 1
+ROWS = [1, 3, 4, 5, 8, 9]  # one row; fewer than a tile; one tile; a tile and one; two; two and one
+
+
+def compiled(fn, *types):
+    return compilation.compile(fn)(*types)
+
+
+def run(graph, *arrays) -> list[np.ndarray]:
+    out = graph.execute_raw(*(Tensor.from_dlpack(np.ascontiguousarray(a)).driver_tensor for a in arrays))
+    return [np.from_dlpack(o).copy() for o in out]
+
+
+def gelu(y):
+    return 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y**3)))
+
+
+@pytest.fixture(scope="module")
+def weights():
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((N, K), dtype=np.float32), rng.standard_normal(N, dtype=np.float32),
+            rng.standard_normal(K, dtype=np.float32), rng.standard_normal(K, dtype=np.float32))
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    """One graph per kernel, with the number of rows symbolic."""
+    f32 = lambda *shape: TensorType(DType.float32, shape, device=CPU())  # noqa: E731
+
+    def normed(x, w, b, gamma, beta):  # matvec reads a LayerNorm's weight, bias and eps
+        return matvec(x, w, b, norm=SimpleNamespace(weight=gamma, bias=beta, eps=1e-6), gelu=True)
+
+    return {
+        "plain": compiled(lambda x, w, b: matvec(x, w, b), f32("rows", K), f32(N, K), f32(N)),
+        "residual": compiled(lambda x, w, b, r: matvec(x, w, b, residual=r),
+                             f32("rows", K), f32(N, K), f32(N), f32("rows", N)),
+        "norm_gelu": compiled(normed, f32("rows", K), f32(N, K), f32(N), f32(K), f32(K)),
+    }
+
+
+@pytest.mark.parametrize("rows", ROWS)
+def test_matvec_equals_numpy(graphs, weights, rows):
+    w, b, gamma, beta = weights
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, K), dtype=np.float32)
+    r = rng.standard_normal((rows, N), dtype=np.float32)
+    (plain,) = run(graphs["plain"], x, w, b)
+    np.testing.assert_allclose(plain, x @ w.T + b, rtol=1e-5, atol=1e-5)
+    (residual,) = run(graphs["residual"], x, w, b, r)
+    np.testing.assert_allclose(residual, r + x @ w.T + b, rtol=1e-5, atol=1e-5)
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    expected = gelu(((x - mean) / np.sqrt(var + 1e-6) * gamma + beta) @ w.T + b)
+    (normed,) = run(graphs["norm_gelu"], x, w, b, gamma, beta)
+    np.testing.assert_allclose(normed, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_decode_attention_equals_numpy():
+    rows, heads, past, d = 3, 2, 5, 20  # head size 20: a 16-lane vector and 4 left over
+    scale = 0.3
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal((rows, 1, 3 * heads * d), dtype=np.float32)
+    past_k = rng.standard_normal((rows, heads, past, d), dtype=np.float32)
+    past_v = rng.standard_normal((rows, heads, past, d), dtype=np.float32)
+    mask = np.zeros((rows, past + 1), np.float32)
+    mask[0, :2] = -1e9  # row 0: two padded positions
+    mask[2, 3:past] = -1e9  # row 2: cache capacity not used yet
+
+    f32 = lambda *shape: TensorType(DType.float32, shape, device=CPU())  # noqa: E731
+    graph = compiled(lambda *a: decode_attention(*a, scale), f32("b", 1, 3 * heads * d),
+                     f32("b", heads, "p", d), f32("b", heads, "p", d), f32("b", "p1"))
+    out, k, v = run(graph, qkv, past_k, past_v, mask)
+
+    q, k_new, v_new = (part.reshape(rows, heads, 1, d) for part in np.split(qkv[:, 0], 3, axis=-1))
+    keys = np.concatenate([past_k, k_new], axis=2)  # (B, H, P + 1, D)
+    values = np.concatenate([past_v, v_new], axis=2)
+    scores = (q @ keys.transpose(0, 1, 3, 2))[:, :, 0] * scale + mask[:, None]  # (B, H, P + 1)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = (weights[:, :, None] @ values)[:, :, 0].reshape(rows, 1, heads * d)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(k, k_new)
+    np.testing.assert_array_equal(v, v_new)
