@@ -7,10 +7,11 @@
 # every row of x while it is in L1. Prefill (many rows) keeps MAX's matmul, which blocks for
 # compute.
 #
-# Each kernel launch also costs tens of microseconds of scheduling, about what a 768 x 768
-# projection takes to read, so the pieces around the projections of a block are done in the
-# same launch: the layer norm before c_attn and c_fc, the GELU after c_fc, the residual add
-# after each c_proj.
+# Each kernel launch also costs about 15 microseconds of scheduling (a chain of 200 launches on
+# a 16 x 16 matrix, on 2 cores), near what a 768 x 768 projection takes to read, so the pieces
+# around the projections of a block are done in the same launch: the layer norm before c_attn
+# and c_fc, the GELU after c_fc, the residual add after each c_proj; attention is one launch of
+# its own (attention.mojo).
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
@@ -19,9 +20,12 @@ from max.gpu.host import DeviceContext
 from std.math import sqrt, tanh
 from std.memory import alloc
 from std.sys.info import num_physical_cores
+from std.sys.intrinsics import prefetch, PrefetchOptions
 
 comptime F32 = DType.float32
 comptime W = 16  # float32 lanes of one AVX-512 register
+comptime AHEAD = 8  # rows of w the batch tile asks the cache for before it needs them
+comptime FETCH = PrefetchOptions().for_read().high_locality().to_data_cache()
 
 
 @extensibility.register("gpt2_matvec")
@@ -163,6 +167,15 @@ def matvec[gelu: Bool](
                     var x1 = xr1.unsafe_load[width=W](k)
                     var x2 = xr2.unsafe_load[width=W](k)
                     var x3 = xr3.unsafe_load[width=W](k)
+                    if m == 0:  # the first pass over these rows of w streams them from memory
+                        # Arithmetic keeps this loop busy, so the hardware does not fetch far
+                        # enough ahead on its own: ask for the rows two tiles on (15% on the
+                        # head at 8 rows, docs/benchmarks.md). Past the last row it is a
+                        # hint about memory that is not read, which never faults.
+                        prefetch[FETCH](r0.unsafe_offset(AHEAD * k_dim + k))
+                        prefetch[FETCH](r1.unsafe_offset(AHEAD * k_dim + k))
+                        prefetch[FETCH](r2.unsafe_offset(AHEAD * k_dim + k))
+                        prefetch[FETCH](r3.unsafe_offset(AHEAD * k_dim + k))
                     var w0 = r0.unsafe_load[width=W](k)
                     a00 += w0 * x0
                     a01 += w0 * x1
