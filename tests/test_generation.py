@@ -45,10 +45,13 @@ def test_batch_text_equals_single_text(hub):
     assert hub.model.generate(PROMPTS, 24) == [hub.model.generate(p, 24) for p in PROMPTS]
 
 
-@pytest.mark.parametrize("batch", [2, 5], ids=["one row at a time", "tiles of four rows and one left"])
+@pytest.mark.parametrize("batch", [2, 5, 9], ids=["one row at a time", "tiles of four rows and one left",
+                                                 "tiles of eight rows and one left"])
 def test_decode_logits_equal_a_full_recompute_at_every_step(hub, batch):
     model = hub.model
-    more = ["Once upon a time", "In 1969, the first"]  # the decode kernels take four rows at a time
+    # The decode kernels take eight rows at a time, or four, then one.
+    more = ["Once upon a time", "In 1969, the first", "Dear Sir,", "Chapter 1", "It was a dark and stormy",
+            "import numpy as np", "Q: What is 2 + 2?\nA:"]
     rows = [model.tokenizer.encode(p) for p in (PROMPTS + more)[:batch]]
     logits, cache = model._prefill(rows)
     for _ in range(12):

@@ -24,7 +24,7 @@ from std.sys.intrinsics import prefetch, PrefetchOptions
 
 comptime F32 = DType.float32
 comptime W = 16  # float32 lanes of one AVX-512 register
-comptime AHEAD = 32  # rows of w the batch tile asks for before it needs them (eight tiles on)
+comptime AHEAD = 32  # rows of w the batch tiles ask for before they need them
 comptime FETCH = PrefetchOptions().for_read().medium_locality().to_data_cache()  # into L2, not L1
 
 
@@ -133,7 +133,86 @@ def matvec[gelu: Bool](
     def rows(task: Int) {imm}:
         var n_end = min((task + 1) * per_task, n_dim)
         var n = task * per_task
-        # Batches of four rows or more: four rows of w against four rows of x at a time, sixteen
+        # Batches of eight rows or more: two rows of w against eight rows of x at a time, sixteen
+        # sums in registers. Each row of w is read once, in one pass, at an even pace; rows ahead
+        # are prefetched because the arithmetic keeps this loop too busy for the hardware to
+        # fetch far enough ahead on its own (into L2: into L1 they would push out x). At 8 rows
+        # this takes the head from 7.2 to 5.5 ms and the blocks' projections from 17.5 to 16.0
+        # ms against the 4 x 4 tile below (same prefetch, one process). Prefetching past the
+        # last row is a hint about memory that is not read, which never faults.
+        while n + 2 <= n_end and m_rows >= 8:
+            var r0 = wp.unsafe_offset(n * k_dim)
+            var r1 = wp.unsafe_offset((n + 1) * k_dim)
+            var m = 0
+            while m + 8 <= m_rows:
+                var xr0 = xp.unsafe_offset((m + 0) * k_dim)
+                var xr1 = xp.unsafe_offset((m + 1) * k_dim)
+                var xr2 = xp.unsafe_offset((m + 2) * k_dim)
+                var xr3 = xp.unsafe_offset((m + 3) * k_dim)
+                var xr4 = xp.unsafe_offset((m + 4) * k_dim)
+                var xr5 = xp.unsafe_offset((m + 5) * k_dim)
+                var xr6 = xp.unsafe_offset((m + 6) * k_dim)
+                var xr7 = xp.unsafe_offset((m + 7) * k_dim)
+                var a00 = SIMD[F32, W](0)
+                var a10 = SIMD[F32, W](0)
+                var a01 = SIMD[F32, W](0)
+                var a11 = SIMD[F32, W](0)
+                var a02 = SIMD[F32, W](0)
+                var a12 = SIMD[F32, W](0)
+                var a03 = SIMD[F32, W](0)
+                var a13 = SIMD[F32, W](0)
+                var a04 = SIMD[F32, W](0)
+                var a14 = SIMD[F32, W](0)
+                var a05 = SIMD[F32, W](0)
+                var a15 = SIMD[F32, W](0)
+                var a06 = SIMD[F32, W](0)
+                var a16 = SIMD[F32, W](0)
+                var a07 = SIMD[F32, W](0)
+                var a17 = SIMD[F32, W](0)
+                for k in range(0, k_vec, W):
+                    if m == 0:  # the first pass over these two rows streams them from memory
+                        prefetch[FETCH](r0.unsafe_offset(AHEAD * k_dim + k))
+                        prefetch[FETCH](r1.unsafe_offset(AHEAD * k_dim + k))
+                    var w0 = r0.unsafe_load[width=W](k)
+                    var w1 = r1.unsafe_load[width=W](k)
+                    var x0 = xr0.unsafe_load[width=W](k)
+                    a00 += w0 * x0
+                    a10 += w1 * x0
+                    var x1 = xr1.unsafe_load[width=W](k)
+                    a01 += w0 * x1
+                    a11 += w1 * x1
+                    var x2 = xr2.unsafe_load[width=W](k)
+                    a02 += w0 * x2
+                    a12 += w1 * x2
+                    var x3 = xr3.unsafe_load[width=W](k)
+                    a03 += w0 * x3
+                    a13 += w1 * x3
+                    var x4 = xr4.unsafe_load[width=W](k)
+                    a04 += w0 * x4
+                    a14 += w1 * x4
+                    var x5 = xr5.unsafe_load[width=W](k)
+                    a05 += w0 * x5
+                    a15 += w1 * x5
+                    var x6 = xr6.unsafe_load[width=W](k)
+                    a06 += w0 * x6
+                    a16 += w1 * x6
+                    var x7 = xr7.unsafe_load[width=W](k)
+                    a07 += w0 * x7
+                    a17 += w1 * x7
+                var s = SIMD[F32, 16](a00.reduce_add(), a01.reduce_add(), a02.reduce_add(), a03.reduce_add(), a04.reduce_add(), a05.reduce_add(), a06.reduce_add(), a07.reduce_add(), a10.reduce_add(), a11.reduce_add(), a12.reduce_add(), a13.reduce_add(), a14.reduce_add(), a15.reduce_add(), a16.reduce_add(), a17.reduce_add())  # s[8 * i + j]: row n + i of w, row m + j of x
+                for k in range(k_vec, k_dim):
+                    for i in range(2):
+                        for j in range(8):
+                            s[8 * i + j] += wp[unsafe_offset=(n + i) * k_dim + k] * xp[unsafe_offset=(m + j) * k_dim + k]
+                for i in range(2):
+                    for j in range(8):
+                        store(m + j, n + i, s[8 * i + j])
+                m += 8
+            for i in range(2):
+                for mm in range(m, m_rows):
+                    store(mm, n + i, dot(wp.unsafe_offset((n + i) * k_dim), xp.unsafe_offset(mm * k_dim), k_dim))
+            n += 2
+        # Batches of four to seven rows: four rows of w against four rows of x at a time, sixteen
         # independent sums in registers, so that each load feeds four multiply-adds.
         while n + 4 <= n_end and m_rows >= 4:
             var r0 = wp.unsafe_offset(n * k_dim)
@@ -167,12 +246,7 @@ def matvec[gelu: Bool](
                     var x1 = xr1.unsafe_load[width=W](k)
                     var x2 = xr2.unsafe_load[width=W](k)
                     var x3 = xr3.unsafe_load[width=W](k)
-                    if m == 0:  # the first pass over these rows of w streams them from memory
-                        # Arithmetic keeps this loop busy, so the hardware does not fetch far
-                        # enough ahead on its own: ask for rows eight tiles on, into L2 (into
-                        # L1 they would push out x). At 8 rows: the head 8.4 to 6.5 ms, the
-                        # blocks' projections 20.1 to 17.1 ms. Past the last row it is a hint
-                        # about memory that is not read, which never faults.
+                    if m == 0:  # as above
                         prefetch[FETCH](r0.unsafe_offset(AHEAD * k_dim + k))
                         prefetch[FETCH](r1.unsafe_offset(AHEAD * k_dim + k))
                         prefetch[FETCH](r2.unsafe_offset(AHEAD * k_dim + k))
