@@ -61,3 +61,20 @@ def test_unknown_engine_is_one_clear_error():
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("max-gpt2: error: unknown engine tensorflow")
+
+
+def test_kernel_bench_runs(tmp_path):
+    """docs/kernel_bench.py, behind docs/benchmarks.md's account of where the time goes, at tiny
+    sizes: every measurement it prints is there and positive."""
+    script = Path(__file__).parents[1] / "docs" / "kernel_bench.py"
+    result = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True,
+                            timeout=600, env=dict(os.environ), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for kind in ("MAX matmul", "our matvec"):
+        for rows in (1, 8):
+            found = [line for line in lines if line.startswith(f"{rows} row") and kind in line]
+            assert len(found) == 2, (kind, rows, result.stdout)  # the blocks' projections and the head
+            assert all(float(line.split("=")[-1].split()[0]) > 0 for line in found)
+    assert any(line.startswith("streaming read") for line in lines)
+    assert sum("GFLOP/s" in line for line in lines) == 2  # torch and MAX
