@@ -1,8 +1,8 @@
 # Attention of one decode step: each row's one new token against its cached keys and values.
 #
 # In MAX's ops this is some twenty small operations per layer (split, reshape and transpose the
-# heads, two products, concat, scale, mask, softmax, the weighted sum, merge the heads), each a
-# launch of its own for a few kilobytes of work. Here it is one launch: every (row, head) pair
+# heads, two products, concat, scale, mask, softmax, the weighted sum, merge the heads), most of
+# them a launch of their own for a few kilobytes of work. Here it is one launch: every (row, head) pair
 # is a task that reads its query from the c_attn output, scores it against the cached keys and
 # its own new key, and writes its part of the weighted sum of values.
 
