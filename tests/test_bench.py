@@ -6,6 +6,7 @@ pass/fail. What is asserted is the shape of the report and that the tokens are r
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,8 @@ def test_unknown_engine_is_one_clear_error():
 
 def test_kernel_bench_runs(tmp_path):
     """docs/kernel_bench.py, behind docs/benchmarks.md's account of where the time goes, at tiny
-    sizes: every measurement it prints is there and positive."""
+    sizes: every measurement it prints is there and positive. A smoke test: the full sizes take
+    minutes."""
     script = Path(__file__).parents[1] / "docs" / "kernel_bench.py"
     result = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True,
                             timeout=600, env=dict(os.environ), cwd=tmp_path)
@@ -78,3 +80,5 @@ def test_kernel_bench_runs(tmp_path):
             assert all(float(line.split("=")[-1].split()[0]) > 0 for line in found)
     assert any(line.startswith("streaming read") for line in lines)
     assert sum("GFLOP/s" in line for line in lines) == 2  # torch and MAX
+    figures = [float(m) for m in re.findall(r"([0-9.]+) (?:GB|GFLOP)/s", result.stdout)]
+    assert len(figures) == 11 and all(f > 0 for f in figures), result.stdout

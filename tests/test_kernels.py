@@ -1,6 +1,6 @@
 """Our Mojo kernels (max_gpt2/kernels) alone, against numpy, at sizes the models in the other
 tests never reach: widths that are no multiple of the 16-lane vectors, row counts on both sides
-of the four-row tile, a head size with a remainder, a masked cache position.
+of the four- and eight-row tiles, a head size with a remainder, masked cache positions.
 
 The whole-model tests (decode equal to a full recompute, greedy text equal to transformers)
 cover the kernels inside the graph; these cover every branch of their loops, in seconds.
@@ -23,8 +23,12 @@ from max.experimental.tensor import Tensor, TensorType  # noqa: E402
 
 from max_gpt2.model import decode_attention, matvec  # noqa: E402
 
-K, N = 40, 37  # 40 = two 16-lane vectors and 8 left over; 37 rows of w = nine tiles of four and 1
-ROWS = [1, 3, 4, 5, 8, 9]  # one row; fewer than a tile; one tile; a tile and one; two; two and one
+# K: two 16-lane vectors and 8 left over. N: rows of w, split by the kernel into 4 slices per
+# core; at 1237 every slice has rows left after its tiles of two and of four, on up to 60 cores.
+K, N = 40, 1237
+# Rows of x: one; fewer than a tile of four; a tile; a tile and two; a tile of eight; eight and
+# one; two passes of eight.
+ROWS = [1, 3, 4, 6, 8, 9, 16]
 
 
 def compiled(fn, *types):
@@ -52,14 +56,18 @@ def graphs():
     """One graph per kernel, with the number of rows symbolic."""
     f32 = lambda *shape: TensorType(DType.float32, shape, device=CPU())  # noqa: E731
 
-    def normed(x, w, b, gamma, beta):  # matvec reads a LayerNorm's weight, bias and eps
-        return matvec(x, w, b, norm=SimpleNamespace(weight=gamma, bias=beta, eps=1e-6), gelu=True)
+    def normed(gelu):
+        def graph(x, w, b, gamma, beta):  # matvec reads a LayerNorm's weight, bias and eps
+            return matvec(x, w, b, norm=SimpleNamespace(weight=gamma, bias=beta, eps=1e-6), gelu=gelu)
+
+        return compiled(graph, f32("rows", K), f32(N, K), f32(N), f32(K), f32(K))
 
     return {
         "plain": compiled(lambda x, w, b: matvec(x, w, b), f32("rows", K), f32(N, K), f32(N)),
         "residual": compiled(lambda x, w, b, r: matvec(x, w, b, residual=r),
                              f32("rows", K), f32(N, K), f32(N), f32("rows", N)),
-        "norm_gelu": compiled(normed, f32("rows", K), f32(N, K), f32(N), f32(K), f32(K)),
+        "norm_gelu": normed(True),  # ln_2, c_fc and its GELU
+        "norm": normed(False),  # ln_f and the head
     }
 
 
@@ -74,9 +82,11 @@ def test_matvec_equals_numpy(graphs, weights, rows):
     (residual,) = run(graphs["residual"], x, w, b, r)
     np.testing.assert_allclose(residual, r + x @ w.T + b, rtol=1e-5, atol=1e-5)
     mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-    expected = gelu(((x - mean) / np.sqrt(var + 1e-6) * gamma + beta) @ w.T + b)
-    (normed,) = run(graphs["norm_gelu"], x, w, b, gamma, beta)
+    expected = ((x - mean) / np.sqrt(var + 1e-6) * gamma + beta) @ w.T + b
+    (normed,) = run(graphs["norm"], x, w, b, gamma, beta)
     np.testing.assert_allclose(normed, expected, rtol=1e-4, atol=1e-4)
+    (normed,) = run(graphs["norm_gelu"], x, w, b, gamma, beta)
+    np.testing.assert_allclose(normed, gelu(expected), rtol=1e-4, atol=1e-4)
 
 
 def test_decode_attention_equals_numpy():
