@@ -23,9 +23,10 @@ from max.experimental.tensor import Tensor, TensorType  # noqa: E402
 
 from max_gpt2.model import decode_attention, matvec  # noqa: E402
 
-# K: two 16-lane vectors and 8 left over. N: rows of w, split by the kernel into 4 slices per
-# core; at 1237 every slice has rows left after its tiles of two and of four, on up to 60 cores.
-K, N = 40, 1237
+# K: two 16-lane vectors and 8 left over. N: rows of w, which the kernel splits into 4 slices
+# per core; at 1029, on 1 to 64 cores, some slice has rows left after its tiles of two (batches
+# of 8 rows or more) and some after its tiles of four (batches of 4 to 7).
+K, N = 40, 1029
 # Rows of x: one; fewer than a tile of four; a tile; a tile and two; a tile of eight; eight and
 # one; two passes of eight.
 ROWS = [1, 3, 4, 6, 8, 9, 16]
