@@ -367,7 +367,7 @@ class GPT2Decode(GPT2Step):
             x, k, v = self.block(block, x, key_mask, past_k[i], past_v[i])
             ks.append(k)
             vs.append(v)
-        return self.head(x[:, -1]), F.stack(ks), F.stack(vs)  # (B, V), (L, B, H, 1, D) twice
+        return self.final_logits(x[:, -1]), F.stack(ks), F.stack(vs)  # (B, V), (L, B, H, 1, D) twice
 
     def block(self, block: GPT2Block, x, key_mask, past_k, past_v):
         """GPT2Block.forward_cached for one token: the new key is scored beside the P cached
@@ -397,9 +397,9 @@ class GPT2Decode(GPT2Step):
         y = matvec(x, linear.weight, linear.bias, norm=norm, gelu=gelu, residual=residual)
         return activation(y, act) if act and not gelu else y
 
-    def head(self, x: Tensor) -> Tensor:
-        """ln_f and the LM head, in one launch on a CPU."""
+    def final_logits(self, x: Tensor) -> Tensor:
+        """ln_f, then the LM head (`head`, which takes normalized input): one launch on a CPU."""
         if not self.use_matvec:
-            return super().head(self.transformer.ln_f(x))
+            return self.head(self.transformer.ln_f(x))
         table = self.transformer.wte.weight if self.config.tie_word_embeddings else self.lm_head.weight
         return matvec(x, table, norm=self.transformer.ln_f)

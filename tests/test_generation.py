@@ -186,3 +186,27 @@ def test_sampler_draws_by_probability():
     logits = np.log(np.array([[0.7, 0.2, 0.1]] * 20000))
     counts = np.bincount(sampler(logits), minlength=3) / 20000
     np.testing.assert_allclose(counts, [0.7, 0.2, 0.1], atol=0.02)
+
+
+def test_decode_without_our_kernels_equals_decode_with_them(hub):
+    """GPT2Decode(matvec=False), the decode graph an accelerator gets (MAX's ops, no Mojo
+    kernels), compiled here on the CPU: its logits and new keys and values equal the kernels'."""
+    from max_gpt2.model import GPT2Decode
+
+    model = hub.model
+    plain = model._compile(GPT2Decode, *model._step_types(1), matvec=False)
+    rows = [model.tokenizer.encode(p) for p in PROMPTS]
+    logits, cache = model._prefill(rows)
+    for _ in range(3):
+        nxt = logits.argmax(axis=-1)
+        b, p = cache.key_mask.shape
+        model._reserve(cache, p + 1)
+        key_mask = np.full((b, cache.k.shape[3] + 1), -1e9, np.float32)
+        key_mask[:, :p], key_mask[:, -1] = cache.key_mask, 0.0
+        args = [model._tensor(a) for a in (nxt[:, None].astype(np.int64), cache.next_position[:, None].astype(np.int64),
+                                           key_mask, cache.k, cache.v)]
+        expected = [t.to_numpy() for t in plain(*args)]
+        logits, cache = model._decode(nxt, cache)
+        np.testing.assert_allclose(logits, expected[0], atol=1e-4)
+        np.testing.assert_allclose(cache.k[:, :, :, p], expected[1][:, :, :, 0], atol=1e-5)
+        np.testing.assert_allclose(cache.v[:, :, :, p], expected[2][:, :, :, 0], atol=1e-5)
