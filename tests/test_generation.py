@@ -64,6 +64,24 @@ def test_decode_logits_equal_a_full_recompute_at_every_step(hub, batch):
         logits, cache = model._decode(nxt, cache)
 
 
+def test_generation_allocates_its_cache_once(hub, monkeypatch):
+    """Room for every new token is made at prefill: growing the cache mid-generation copies all
+    of it (the decode steps above still grow it, and so test that path)."""
+    model, sizes = hub.model, []
+    reserve = model._reserve
+
+    def spy(cache, length):
+        before = cache.k
+        reserve(cache, length)
+        if cache.k is not before:
+            sizes.append(cache.k.shape[3])
+
+    monkeypatch.setattr(model, "_reserve", spy)
+    rows = [model.tokenizer.encode(p) for p in PROMPTS]
+    assert len(list(model.generate_tokens(rows, 70))) == 70
+    assert len(sizes) == 1 and sizes[0] >= max(map(len, rows)) + 69, sizes
+
+
 def test_sampling_is_reproducible_with_a_seed_and_varies_without(hub):
     s = dict(do_sample=True, temperature=1.0, top_k=50, top_p=0.95, max_new_tokens=24)
     assert hub.model.generate(PROMPTS[1], seed=7, **s) == hub.model.generate(PROMPTS[1], seed=7, **s)

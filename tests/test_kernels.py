@@ -100,11 +100,15 @@ def test_decode_attention_equals_numpy():
     mask = np.zeros((rows, past + 1), np.float32)
     mask[0, :2] = -1e9  # row 0: two padded positions
     mask[2, 3:past] = -1e9  # row 2: cache capacity not used yet
+    mask[1, 1] = -3.0  # a bias, not a hidden position: it still counts
+    # Hidden positions are never read: NaN there would otherwise reach every output of the row.
+    hidden = np.broadcast_to((mask[:, :past] <= -1e8)[:, None, :, None], past_k.shape)
+    stale_k, stale_v = np.where(hidden, np.nan, past_k), np.where(hidden, np.nan, past_v)
 
     f32 = lambda *shape: TensorType(DType.float32, shape, device=CPU())  # noqa: E731
     graph = compiled(lambda *a: decode_attention(*a, scale), f32("b", 1, 3 * heads * d),
                      f32("b", heads, "p", d), f32("b", heads, "p", d), f32("b", "p1"))
-    out, k, v = run(graph, qkv, past_k, past_v, mask)
+    out, k, v = run(graph, qkv, stale_k, stale_v, mask)
 
     q, k_new, v_new = (part.reshape(rows, heads, 1, d) for part in np.split(qkv[:, 0], 3, axis=-1))
     keys = np.concatenate([past_k, k_new], axis=2)  # (B, H, P + 1, D)

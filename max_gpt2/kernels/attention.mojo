@@ -5,6 +5,10 @@
 # them a launch of their own for a few kilobytes of work. Here it is one launch: every (row, head) pair
 # is a task that reads its query from the c_attn output, scores it against the cached keys and
 # its own new key, and writes its part of the weighted sum of values.
+#
+# Positions the mask hides (padding, cache capacity not used yet) are not read at all: their
+# weight, the exponential of a score near -1e9, would be exactly 0 in float32. So the caller can
+# keep a cache with room for the whole generation and pay only for the positions filled so far.
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
@@ -15,14 +19,16 @@ from std.memory import alloc
 
 from .matvec import dot, F32, W
 
+comptime HIDDEN = Float32(-1e8)  # a mask at or below this hides its position: it is skipped
+
 
 @extensibility.register("gpt2_decode_attention")
 struct DecodeAttention[scale: Float64]:
     """From qkv (B, 3C), the output of c_attn for one new token per row, and the cache (B, H, P,
     D): out (B, C), the attention of the new token with its heads merged, and its key and value
     (B, H, 1, D) for the caller to store. `key_mask` (B, P + 1) is added to the scaled scores,
-    the new token's column last: 0 where a position may be seen, a large negative number where
-    it may not (padding, cache capacity not yet used)."""
+    the new token's column last: 0 where a position may be seen, HIDDEN or less where it may not
+    (padding, cache capacity not yet used); hidden keys and values are never read."""
 
     @staticmethod
     def execute[target: StaticString](
@@ -63,16 +69,21 @@ struct DecodeAttention[scale: Float64]:
                 kp[unsafe_offset=task * d_head + d] = k_new[unsafe_offset=d]
                 vp[unsafe_offset=task * d_head + d] = v_new[unsafe_offset=d]
 
-            # Softmax of the scaled, masked scores; the new token is position `past`.
+            # Softmax of the scaled, masked scores; the new token is position `past`. A hidden
+            # position's weight is 0, and its key and value are not read.
             var scores = alloc[Float32](past + 1)
             var top = Float32.MIN
             for j in range(past + 1):
+                if mask[unsafe_offset=j] <= HIDDEN:
+                    continue
                 var key = keys.unsafe_offset(j * d_head) if j < past else k_new
                 var s = dot(q, key, d_head) * Float32(Self.scale) + mask[unsafe_offset=j]
                 scores[unsafe_offset=j] = s
                 top = max(top, s)
             var total = Float32(0)
             for j in range(past + 1):
+                if mask[unsafe_offset=j] <= HIDDEN:
+                    continue
                 var e = exp(scores[unsafe_offset=j] - top)
                 scores[unsafe_offset=j] = e
                 total += e
@@ -81,6 +92,8 @@ struct DecodeAttention[scale: Float64]:
             for d in range(d_head):
                 out[unsafe_offset=d] = 0
             for j in range(past + 1):
+                if mask[unsafe_offset=j] <= HIDDEN:
+                    continue
                 var wj = scores[unsafe_offset=j] / total
                 var value = values.unsafe_offset(j * d_head) if j < past else v_new
                 for d in range(0, d_vec, W):
