@@ -351,7 +351,8 @@ class GPT2Decode(GPT2Step):
     `matvec` (kernels/matvec.mojo), each with the layer norm, GELU or residual add around it in
     the same kernel launch, and attention is `decode_attention` (kernels/attention.mojo); the
     cache is read where it is, never copied to grow it. The cache may be longer than the tokens
-    so far: `key_mask` (P + 1 columns, the new token last) hides the unused positions.
+    so far: `key_mask` (P + 1 columns, the new token last) hides the unused positions, which the
+    kernel then does not read.
     """
 
     def __init__(self, config: GPT2Config, *, matvec: bool = True) -> None:

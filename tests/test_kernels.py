@@ -23,10 +23,11 @@ from max.experimental.tensor import Tensor, TensorType  # noqa: E402
 
 from max_gpt2.model import decode_attention, matvec  # noqa: E402
 
-# K: two 16-lane vectors and 8 left over. N: rows of w, which the kernel splits into 4 slices
-# per core; at 1029, on 1 to 64 cores, some slice has rows left after its tiles of two (batches
-# of 8 rows or more) and some after its tiles of four (batches of 4 to 7).
-K, N = 40, 1029
+# K: two 16-lane vectors and 8 left over, or a wide row (1000) as the MLP's c_proj has. N: rows
+# of w, which the kernel splits into one slice per core (batches of 8 rows or more) or four
+# (fewer rows); at 1029, on 1 to 64 cores, some slice has rows left after its tiles of two (8
+# rows or more) and some after its tiles of four (4 to 7).
+KS, N = (40, 1000), 1029
 # Rows of x: one; fewer than a tile of four; a tile; a tile and two; a tile of eight; eight and
 # one; two passes of eight.
 ROWS = [1, 3, 4, 6, 8, 9, 16]
@@ -45,28 +46,29 @@ def gelu(y):
     return 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y**3)))
 
 
-@pytest.fixture(scope="module")
-def weights():
-    rng = np.random.default_rng(0)
-    return (rng.standard_normal((N, K), dtype=np.float32), rng.standard_normal(N, dtype=np.float32),
-            rng.standard_normal(K, dtype=np.float32), rng.standard_normal(K, dtype=np.float32))
+@pytest.fixture(scope="module", params=KS, ids=lambda k: f"K={k}")
+def weights(request):
+    rng, k = np.random.default_rng(0), request.param
+    w = rng.standard_normal((N, k), dtype=np.float32) / np.float32(np.sqrt(k))  # sums of order 1 at any K
+    return (w, rng.standard_normal(N, dtype=np.float32),
+            rng.standard_normal(k, dtype=np.float32), rng.standard_normal(k, dtype=np.float32))
 
 
 @pytest.fixture(scope="module")
 def graphs():
-    """One graph per kernel, with the number of rows symbolic."""
+    """One graph per kernel, with the number of rows and K symbolic."""
     f32 = lambda *shape: TensorType(DType.float32, shape, device=CPU())  # noqa: E731
 
     def normed(gelu):
         def graph(x, w, b, gamma, beta):  # matvec reads a LayerNorm's weight, bias and eps
             return matvec(x, w, b, norm=SimpleNamespace(weight=gamma, bias=beta, eps=1e-6), gelu=gelu)
 
-        return compiled(graph, f32("rows", K), f32(N, K), f32(N), f32(K), f32(K))
+        return compiled(graph, f32("rows", "k"), f32(N, "k"), f32(N), f32("k"), f32("k"))
 
     return {
-        "plain": compiled(lambda x, w, b: matvec(x, w, b), f32("rows", K), f32(N, K), f32(N)),
+        "plain": compiled(lambda x, w, b: matvec(x, w, b), f32("rows", "k"), f32(N, "k"), f32(N)),
         "residual": compiled(lambda x, w, b, r: matvec(x, w, b, residual=r),
-                             f32("rows", K), f32(N, K), f32(N), f32("rows", N)),
+                             f32("rows", "k"), f32(N, "k"), f32(N), f32("rows", N)),
         "norm_gelu": normed(True),  # ln_2, c_fc and its GELU
         "norm": normed(False),  # ln_f and the head
     }
@@ -76,7 +78,7 @@ def graphs():
 def test_matvec_equals_numpy(graphs, weights, rows):
     w, b, gamma, beta = weights
     rng = np.random.default_rng(rows)
-    x = rng.standard_normal((rows, K), dtype=np.float32)
+    x = rng.standard_normal((rows, w.shape[1]), dtype=np.float32)
     r = rng.standard_normal((rows, N), dtype=np.float32)
     (plain,) = run(graphs["plain"], x, w, b)
     np.testing.assert_allclose(plain, x @ w.T + b, rtol=1e-5, atol=1e-5)
