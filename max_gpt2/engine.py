@@ -5,7 +5,8 @@ length ever recompiles:
 - logits: input_ids ("batch", "seqlen") -> logits for every position;
 - step: new tokens plus a key/value cache ("past") -> the next token's logits and the grown
   cache. Generation runs it once over the prompt (prefill, past = 0) and then once per token
-  (decode, seqlen = 1). The cache stays on the device between steps.
+  (decode, seqlen = 1). On a CPU the cache stays where it is between steps, shared with the
+  graph; an accelerator is sent it again each step.
 
 MAX caches compiled graphs by structure (~/.cache/modular), so a new checkpoint of a size seen
 before compiles in seconds; a new size takes a minute or more on a CPU.
@@ -27,7 +28,8 @@ from max_gpt2.sampling import Sampling
 from max_gpt2.tokenizer import GPT2Tokenizer, TokenizerError
 
 
-PAD_BIAS = -1e9  # exp(-1e9 - max) is exactly 0 in float32
+PAD_BIAS = -1e9  # exp(-1e9 - max) is exactly 0 in float32; at or below the attention kernel's
+# HIDDEN (-1e8, kernels/attention.mojo), so the kernel skips those positions without reading them
 CACHE_CHUNK = 32  # cache capacity is a multiple of this (or n_positions)
 
 
@@ -253,7 +255,9 @@ class GPT2:
         self._check_vocab(np.array([t for r in rows for t in r]))
         sample = sampling.sampler()
         history = [list(r) for r in rows]  # every row's tokens so far, for re-prefill
-        logits, cache = self._prefill(rows, max_new_tokens)
+        # On a CPU the cache has room for the whole generation from the start; an accelerator
+        # is sent the whole cache every step, so there it grows as it fills.
+        logits, cache = self._prefill(rows, max_new_tokens if self._on_cpu else 1)
         for step in range(max_new_tokens):
             nxt = sample(logits)  # the token at position cache.length, always < n_ctx
             yield nxt
@@ -264,13 +268,15 @@ class GPT2:
             if cache.length + 1 >= n_ctx:  # the token after this one would have no position
                 if not sliding_window:
                     return
-                logits, cache = self._prefill([h[-(n_ctx // 2):] for h in history], max_new_tokens - step - 1)
+                rest = max_new_tokens - step - 1 if self._on_cpu else 1
+                logits, cache = self._prefill([h[-(n_ctx // 2):] for h in history], rest)
             else:
                 logits, cache = self._decode(nxt, cache)
 
     def _prefill(self, rows: list[list[int]], new_tokens: int = 1):
         """Runs the prompts through the prefill graph and keeps their keys and values in a cache
-        with room for `new_tokens` more tokens per row (the first comes from these logits)."""
+        with room for the `new_tokens` that follow, bar the last, whose keys are never needed
+        (and at least one)."""
         self.decode_graph  # noqa: B018  generation needs both graphs: compile both before the first token
         b, width = len(rows), max(map(len, rows))
         ids = np.zeros((b, width), np.int64)
@@ -315,7 +321,7 @@ class GPT2:
     def _reserve(self, cache: _Cache, length: int) -> None:
         """Makes room for `length` positions. Generation reserves all it will need once, at
         prefill: growing copies the whole cache into new memory, which took 140 ms at batch 8
-        after 32 tokens on a 2-core CPU. Unused positions cost nothing to a CPU decode step: they
+        and 33 positions on a 2-core CPU. Unused positions cost nothing to a CPU decode step: they
         are masked, and our attention kernel does not read masked positions (MAX's ops, on an
         accelerator, do)."""
         if cache.k is not None and cache.k.shape[3] >= length:

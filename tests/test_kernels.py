@@ -23,10 +23,10 @@ from max.experimental.tensor import Tensor, TensorType  # noqa: E402
 
 from max_gpt2.model import decode_attention, matvec  # noqa: E402
 
-# K: two 16-lane vectors and 8 left over, or a wide row (1000) as the MLP's c_proj has. N: rows
-# of w, which the kernel splits into one slice per core (batches of 8 rows or more) or four
-# (fewer rows); at 1029, on 1 to 64 cores, some slice has rows left after its tiles of two (8
-# rows or more) and some after its tiles of four (4 to 7).
+# K: two 16-lane vectors and 8 left over, or 1000, wider than 768 as the MLP's c_proj (3072)
+# is. N: rows of w, which the kernel splits into one slice per core (batches of 8 rows or more)
+# or four (fewer rows); at 1029, on 1 to 64 cores, some slice has rows left after its tiles of
+# two (8 rows or more) and some after its tiles of four (4 to 7).
 KS, N = (40, 1000), 1029
 # Rows of x: one; fewer than a tile of four; a tile; a tile and two; a tile of eight; eight and
 # one; two passes of eight.
