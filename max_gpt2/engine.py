@@ -255,9 +255,7 @@ class GPT2:
         self._check_vocab(np.array([t for r in rows for t in r]))
         sample = sampling.sampler()
         history = [list(r) for r in rows]  # every row's tokens so far, for re-prefill
-        # On a CPU the cache has room for the whole generation from the start; an accelerator
-        # is sent the whole cache every step, so there it grows as it fills.
-        logits, cache = self._prefill(rows, max_new_tokens if self._on_cpu else 1)
+        logits, cache = self._prefill(rows, max_new_tokens)
         for step in range(max_new_tokens):
             nxt = sample(logits)  # the token at position cache.length, always < n_ctx
             yield nxt
@@ -268,15 +266,16 @@ class GPT2:
             if cache.length + 1 >= n_ctx:  # the token after this one would have no position
                 if not sliding_window:
                     return
-                rest = max_new_tokens - step - 1 if self._on_cpu else 1
-                logits, cache = self._prefill([h[-(n_ctx // 2):] for h in history], rest)
+                logits, cache = self._prefill([h[-(n_ctx // 2):] for h in history], max_new_tokens - step - 1)
             else:
                 logits, cache = self._decode(nxt, cache)
 
     def _prefill(self, rows: list[list[int]], new_tokens: int = 1):
-        """Runs the prompts through the prefill graph and keeps their keys and values in a cache
-        with room for the `new_tokens` that follow, bar the last, whose keys are never needed
-        (and at least one)."""
+        """Runs the prompts through the prefill graph and keeps their keys and values in a cache.
+
+        On a CPU the cache has room for the keys of every one of the `new_tokens` still to come
+        but the last (never stored), so it is never copied to grow. An accelerator is sent the
+        whole cache each step, so there it starts with room for one and grows as it fills."""
         self.decode_graph  # noqa: B018  generation needs both graphs: compile both before the first token
         b, width = len(rows), max(map(len, rows))
         ids = np.zeros((b, width), np.int64)
@@ -292,7 +291,8 @@ class GPT2:
         key_mask = np.where(real, 0.0, PAD_BIAS).astype(np.float32)
         logits, k, v = self.step_graph(self._tensor(ids), self._tensor(positions), self._tensor(key_mask), empty, empty)
         cache = _Cache(key_mask=key_mask, next_position=real.sum(axis=1))
-        self._reserve(cache, min(width + max(new_tokens - 1, 1), self.config.n_positions))
+        room = max(new_tokens - 1, 1) if self._on_cpu else 1
+        self._reserve(cache, min(width + room, self.config.n_positions))
         cache.k[:, :, :, :width] = k.to_numpy()
         cache.v[:, :, :, :width] = v.to_numpy()
         return logits.to_numpy(), cache
