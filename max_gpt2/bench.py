@@ -14,6 +14,11 @@ cache; peak resident memory. Greedy tokens of every engine are checked against t
 The roofline is the memory read bandwidth measured in the same run divided by the weight bytes
 one decode step reads: the fastest any engine could decode one sequence on this machine.
 
+The machine's speed drifts over minutes, so the engines stay loaded, each in its own process,
+and the workloads go round them in rounds, seconds apart. Ours and torch-eager, which the
+targets compare, run every round, the others the first; a figure is the median over rounds,
+and a target the median of the rounds' ratios.
+
 Without --model, a seeded random checkpoint at GPT-2's real 124M configuration is written to a
 temporary folder and benchmarked (speed does not depend on the weight values).
 """
@@ -24,7 +29,7 @@ import argparse
 import json
 import os
 import platform
-import shutil
+import select
 import signal
 import subprocess
 import sys
@@ -40,8 +45,6 @@ from max_gpt2.errors import GPT2Error
 ENGINES = ("max-compiled-kv", "max-compiled-recompute", "max-eager", "torch-eager", "torch-compile")
 COMPILED = ("max-compiled-kv", "max-compiled-recompute", "torch-compile")  # these have compile times
 REFERENCE = "torch-eager"  # transformers itself: its greedy tokens are the ones to match
-FIELDS = ("decode_tokens_per_s", "prefill_ms", "batch_tokens_per_s", "ttft_ms", "compile_s_cold",
-          "compile_s_warm", "peak_rss_mb", "greedy_tokens_match")
 DECODE_PROMPT = 16  # tokens in the prompt of the decode and batch workloads
 BANDWIDTH_GIB = 1.0
 BANDWIDTH_PASSES = 7
@@ -60,15 +63,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=8, metavar="B", help="the batch size of the throughput run (default: 8)")
     p.add_argument("--batch-new-tokens", type=int, default=64, metavar="N",
                    help="tokens generated per sequence in the throughput run (default: 64)")
+    p.add_argument("--rounds", type=int, metavar="N",
+                   help="rounds of the workloads over the engines, kept loaded; ours and torch-eager run in "
+                        "every round, the others in the first; figures are medians (default: 3; 2 with --quick)")
     p.add_argument("--no-cold", action="store_true",
                    help="skip the cold-cache compile (each takes minutes); compile_s_cold is then null")
     p.add_argument("--timeout", type=float, default=600, metavar="S",
-                   help="seconds any one engine process may run (default: 600)")
+                   help="seconds any one compile or workload of an engine may take (default: 600)")
     p.add_argument("--eager-timeout", type=float, metavar="S",
-                   help="seconds for max-eager, which needs minutes per forward; what finished is reported "
+                   help="seconds max-eager may run, which needs minutes per forward; what finished is reported "
                         "(default: 120; 10 with --quick)")
     p.add_argument("--compile-timeout", type=float, default=300, metavar="S",
-                   help="seconds for torch-compile's processes (default: 300)")
+                   help="seconds each torch-compile process may run: the cold compile; the measured one's compile "
+                        "and workloads (default: 300)")
     p.add_argument("--quick", action="store_true",
                    help="a check that bench works, not a measurement: prompt lengths 8,16, 8 new tokens, "
                         "no cold compile, max-eager time-boxed to 10 s")
@@ -82,9 +89,11 @@ def run(args) -> int:
         args.prompt_lengths, args.new_tokens, args.batch_new_tokens, args.no_cold = "8,16", 8, 8, True
     if args.eager_timeout is None:
         args.eager_timeout = 10 if args.quick else 120
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 3
     lengths = _lengths(args.prompt_lengths)
-    if args.new_tokens < 2 or args.batch_new_tokens < 1 or args.batch < 1:
-        raise GPT2Error("--new-tokens must be >= 2, --batch-new-tokens and --batch >= 1")
+    if args.new_tokens < 2 or args.batch_new_tokens < 1 or args.batch < 1 or args.rounds < 1:
+        raise GPT2Error("--new-tokens must be >= 2, --batch-new-tokens, --batch and --rounds >= 1")
     _check_plot_backend(args.plot)
 
     say = _Progress()
@@ -95,21 +104,16 @@ def run(args) -> int:
         if max(lengths) >= config.n_positions or DECODE_PROMPT + max(args.new_tokens, args.batch_new_tokens) > config.n_positions:
             raise GPT2Error(f"the workloads do not fit the model's context of {config.n_positions} tokens: "
                             "lower --prompt-lengths or --new-tokens")
-        spec = dict(model=str(model_path), lengths=lengths, new_tokens=args.new_tokens, batch=args.batch,
-                    batch_new_tokens=args.batch_new_tokens, decode_prompt=DECODE_PROMPT, vocab=config.vocab_size)
         load_before = os.getloadavg()
+        bench = _Bench(str(model_path), config.vocab_size, lengths, args, scratch, say)
+        try:
+            bench.run(engines)
+        finally:
+            bench.close()
 
-        say(f"roofline: streaming read of {BANDWIDTH_GIB:g} GiB on {os.cpu_count()} cores, best of {BANDWIDTH_PASSES}")
-        bw = _worker_process("bandwidth", "bench", spec, scratch, timeout=args.timeout)
-        bandwidth = bw.values.get("bandwidth_gb_s")
-        roofline = bandwidth * 1e9 / weight_bytes if bandwidth else None
-
-        results = {}
-        order = [REFERENCE] + [e for e in engines if e != REFERENCE]  # the reference tokens first
-        for engine in order:
-            results[engine] = _bench_engine(engine, spec, scratch, args, say)
-
-    reference = results[REFERENCE]
+    results, bandwidth = bench.results, bench.bandwidth
+    roofline = {r: gb_s * 1e9 / weight_bytes for r, gb_s in bandwidth.items()}
+    reference = results.get(REFERENCE)
     report = {
         "machine": _machine(load_before),
         "model": {"source": args.model or "seeded random weights (no --model)", "config": config.to_dict(),
@@ -117,13 +121,15 @@ def run(args) -> int:
                   "weight_bytes_per_decode_step": weight_bytes},
         "workload": {"prompt_lengths": lengths, "new_tokens": args.new_tokens, "batch": args.batch,
                      "batch_new_tokens": args.batch_new_tokens, "decode_prompt_tokens": DECODE_PROMPT,
-                     "dtype": "float32", "quick": bool(args.quick)},
+                     "dtype": "float32", "rounds": args.rounds, "engines_every_round": list(PAIR),
+                     "quick": bool(args.quick)},
         "bench_seconds": None,
-        "memory_bandwidth_gb_s": bandwidth,
-        "roofline_decode_tokens_per_s": roofline,
+        "memory_bandwidth_gb_s": _median(bandwidth),
+        "memory_bandwidth_gb_s_per_round": _listed(bandwidth),
+        "roofline_decode_tokens_per_s": _median(roofline),
         "engines": {e: _engine_report(results[e], reference, roofline, args.batch) for e in engines},
     }
-    report["targets"] = _targets(report["engines"], roofline, max(lengths))
+    report["targets"] = _targets(results, roofline, max(lengths))
     report["bench_seconds"] = round(say.seconds, 1)
     _print_table(report, args.batch)
     if args.json:
@@ -195,101 +201,322 @@ def _describe(path: Path):
     return c, parameters, read * 4  # float32
 
 
-def _bench_engine(engine: str, spec: dict, scratch: Path, args, say) -> dict:
-    """Runs one engine's processes: a cold compile (if any), then the measured run."""
-    timeout = {"max-eager": args.eager_timeout, "torch-compile": args.compile_timeout}.get(engine, args.timeout)
-    env: dict[str, str] = {}
-    if engine in COMPILED and not args.no_cold:
-        # An empty cache of its own; the measured run that follows reuses it, warm.
-        cache = scratch / f"cache-{engine}"
-        cache.mkdir()
-        env = {"MODULAR_DERIVED_PATH": str(cache)} if engine.startswith("max") else {"TORCHINDUCTOR_CACHE_DIR": str(cache)}
-    runs = []
-    if env:
-        say(f"{engine}: compiling with an empty cache (cold; minutes)")
-        runs.append(_worker_process(engine, "cold", spec, scratch, env=env, timeout=timeout))
-    label = {"max-eager": f"(time-boxed to {timeout:.0f} s)"}.get(engine, "")
-    say(f"{engine}: measuring {label}".rstrip())
-    runs.append(_worker_process(engine, "bench", spec, scratch, env=env, timeout=timeout))
-    values: dict = {}
-    for r in runs:
-        values.update(r.values)
-    values["peak_rss_mb"] = max(r.peak_rss_mb for r in runs)
-    values["status"] = "; ".join(r.status for r in runs if r.status != "ok") or "ok"
-    if values["status"] != "ok":
-        say(f"{engine}: {values['status']}")
-    return values
+# The targets compare these two, so they run in every round; the other engines in the first.
+PAIR = ("max-compiled-kv", REFERENCE)
 
 
-class _Finished:
-    def __init__(self, values: dict, peak_rss_mb: float, status: str) -> None:
-        self.values, self.peak_rss_mb, self.status = values, peak_rss_mb, status
+class _Results:
+    """What one engine measured, round by round."""
+
+    def __init__(self) -> None:
+        self.rounds: dict[int, dict] = {}
+        self.compile_s_cold = None
+        self.peak_rss_mb = 0.0
+        self.status: list[str] = []
+        self.reference = None  # transformers' tokens and top-2 margins (the reference engine only)
+
+    def put(self, round_: int, **values) -> None:
+        self.rounds.setdefault(round_, {}).update(values)
+
+    def series(self, key: str, length: int | None = None) -> dict[int, float]:
+        """Round -> value, for the rounds that measured it."""
+        out = {}
+        for r, values in self.rounds.items():
+            v = values.get(key)
+            if length is not None and v is not None:
+                v = v.get(length)
+            if v is not None:
+                out[r] = v
+        return out
 
 
-def _worker_process(engine: str, role: str, spec: dict, scratch: Path, *, env=None, timeout: float) -> _Finished:
-    """Runs `python -m max_gpt2.bench` for one engine and role; collects what it reported.
+class _Bench:
+    """Cold compiles, max-eager time-boxed, then rounds over engine processes kept alive.
 
-    The worker appends each figure to a file as soon as it is measured, so an engine stopped by
-    its time limit still reports what finished. The peak RSS comes from the kernel (wait4).
+    The machine's speed drifts by tens of percent within minutes, so two engines measured minutes
+    apart carry that drift into their ratio. Here every engine stays loaded in its own process
+    and each workload goes round them in turn, seconds apart; the figures are medians over the
+    rounds, and each target is the median of the rounds' ratios.
     """
-    out = scratch / f"{engine}-{role}.jsonl"
-    log = scratch / f"{engine}-{role}.log"
-    job = {**spec, "engine": engine, "role": role, "out": str(out)}
-    # env= always: importing MAX puts PYTHONEXECUTABLE in the real environment, and a child that
-    # inherits it would start outside this virtual environment.
-    child_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **(env or {})}
-    child_env.pop("PYTHONEXECUTABLE", None)
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "max_gpt2.bench", json.dumps(job)], env=child_env,
-                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        timed_out = False
-        while True:
-            pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline and not timed_out:
-                timed_out = True
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the engine and any compile workers
-            time.sleep(0.1)
-        proc.returncode = os.waitstatus_to_exitcode(wait_status)
-    values = {}
-    if out.exists():
-        for line in out.read_text().splitlines():
-            item = json.loads(line)
-            if "length" in item:
-                values.setdefault(item["name"], {})[str(item["length"])] = item["value"]
+
+    def __init__(self, model: str, vocab: int, lengths: list[int], args, scratch: Path, say) -> None:
+        self.model, self.lengths, self.args, self.scratch, self.say = model, lengths, args, scratch, say
+        rng = np.random.default_rng(0)
+        self.prefill_ids = {n: rng.integers(0, vocab, (1, n)).tolist() for n in lengths}
+        self.decode_ids = rng.integers(0, vocab, (1, DECODE_PROMPT)).tolist()
+        self.batch_ids = rng.integers(0, vocab, (args.batch, DECODE_PROMPT)).tolist()
+        self.results: dict[str, _Results] = {}
+        self.bandwidth: dict[int, float] = {}  # round -> GB/s
+        self.processes: list[_Process] = []
+
+    def _start(self, engine: str | None, *, env=None, budget: float = float("inf"), tag: str = "") -> _Process:
+        p = _Process(engine, self.model, self.scratch, env=env, budget=budget, timeout=self.args.timeout, tag=tag)
+        self.processes.append(p)
+        return p
+
+    def _stop(self, p: _Process) -> None:
+        p.close()
+        self.processes.remove(p)
+        if p.engine:
+            res = self.results[p.engine]
+            res.peak_rss_mb = max(res.peak_rss_mb, p.peak_rss_mb)
+            if p.status != "ok":
+                res.status.append(p.status)
+
+    def _call(self, p: _Process, task: dict) -> dict | None:
+        reply = p.call(task)
+        if reply is None:
+            self.say(f"{p.engine or 'memory bandwidth'}: {p.status}")
+        return reply
+
+    def close(self) -> None:
+        for p in list(self.processes):
+            self._stop(p)
+
+    def _budget(self, engine: str) -> float:
+        budgets = {"max-eager": self.args.eager_timeout, "torch-compile": self.args.compile_timeout}
+        return budgets.get(engine, float("inf"))
+
+    def run(self, engines: list[str]) -> None:
+        args, say = self.args, self.say
+        # transformers' tokens are the ones to match, so it runs even when not asked for.
+        every = list(dict.fromkeys([REFERENCE, *engines]))
+        self.results = {e: _Results() for e in every}
+        meter = self._start(None)  # a streaming read each round, for that round's roofline
+
+        envs: dict[str, dict] = {}
+        for e in (e for e in every if e in COMPILED and not args.no_cold):
+            cache = self.scratch / f"cache-{e}"  # empty; the processes after this one reuse it, warm
+            cache.mkdir()
+            envs[e] = {("MODULAR_DERIVED_PATH" if e.startswith("max") else "TORCHINDUCTOR_CACHE_DIR"): str(cache)}
+            say(f"{e}: compiling with an empty cache (cold; minutes)")
+            p = self._start(e, env=envs[e], budget=self._budget(e), tag="-cold")
+            reply = self._call(p, {"task": "load"})
+            if reply:
+                self.results[e].compile_s_cold = reply["compile_s"]
+            self._stop(p)
+
+        if "max-eager" in every:
+            self._eager()
+
+        live = {}
+        for e in (e for e in every if e != "max-eager"):
+            say(f"{e}: loading" + (" and compiling (warm cache)" if e in COMPILED else ""))
+            p = self._start(e, env=envs.get(e), budget=self._budget(e))
+            reply = self._call(p, {"task": "load"})
+            if reply:
+                self.results[e].put(0, compile_s_warm=reply["compile_s"])
+                live[e] = p
             else:
-                values[item["name"]] = item["value"]
-    if timed_out:
-        status = f"{role}: stopped at the {timeout:.0f} s time limit"
-    elif proc.returncode != 0:
-        tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
-        status = f"{role}: failed ({tail[0][:160] if tail else f'exit {proc.returncode}'})"
-    else:
-        status = "ok"
-    return _Finished(values, usage.ru_maxrss / 1024, status)
+                self._stop(p)
+
+        for r in range(args.rounds):
+            here = [e for e in live if (r == 0 or e in PAIR) and live[e].status == "ok"]
+            if not here:
+                break
+            here = here[r % len(here):] + here[:r % len(here)]  # each round starts with another engine
+            say(f"round {r + 1} of {args.rounds}: {', '.join(here)}")
+            if r > 0:  # the warm compile again, in a new process (the loaded one has compiled)
+                for e in (e for e in here if e in COMPILED):
+                    p = self._start(e, env=envs.get(e), budget=self._budget(e), tag=f"-warm{r}")
+                    reply = self._call(p, {"task": "load"})
+                    if reply:
+                        self.results[e].put(r, compile_s_warm=reply["compile_s"])
+                    self._stop(p)
+            for n in self.lengths:
+                for e in here:
+                    self._measure(live[e], r, {"task": "prefill", "ids": self.prefill_ids[n]})
+            reply = self._call(meter, {"task": "bandwidth"})
+            if reply:
+                self.bandwidth[r] = reply["bandwidth_gb_s"]
+            for e in here:
+                self._measure(live[e], r, {"task": "decode", "ids": self.decode_ids, "n": args.new_tokens})
+            for e in here:
+                self._measure(live[e], r, {"task": "batch", "ids": self.batch_ids, "n": args.batch_new_tokens})
+
+        if REFERENCE in live:  # after the timed runs, which it must not slow down
+            say(f"{REFERENCE}: transformers' greedy tokens and logit margins, to check every engine's")
+            reply = self._call(live[REFERENCE], {"task": "reference", "ids": self.decode_ids + self.batch_ids,
+                                          "n": [args.new_tokens] + [args.batch_new_tokens] * args.batch})
+            if reply:
+                self.results[REFERENCE].reference = reply["tokens"], reply["margins"]
+        for p in live.values():
+            self._stop(p)
+        self._stop(meter)
+
+    def _eager(self) -> None:
+        """max-eager takes minutes a forward: one of each workload, in one process, time-boxed."""
+        budget = self.args.eager_timeout
+        self.say(f"max-eager: measuring (time-boxed to {budget:.0f} s)")
+        p = self._start("max-eager", budget=budget)
+        if self._call(p, {"task": "load"}):
+            for n in self.lengths:
+                self._measure(p, 0, {"task": "prefill", "ids": self.prefill_ids[n]})
+            self._measure(p, 0, {"task": "decode", "ids": self.decode_ids, "n": self.args.new_tokens})
+            self._measure(p, 0, {"task": "batch", "ids": self.batch_ids, "n": self.args.batch_new_tokens})
+        self._stop(p)
+
+    def _measure(self, p: _Process, r: int, task: dict) -> None:
+        reply = self._call(p, task)
+        if reply is None:
+            return
+        res = self.results[p.engine]
+        if task["task"] == "prefill":
+            res.put(r, prefill_ms={**res.rounds.get(r, {}).get("prefill_ms", {}), len(task["ids"][0]): reply["ms"]})
+        elif task["task"] == "decode":
+            res.put(r, decode_tokens_per_s=reply["tokens_per_s"], ttft_ms=reply["ttft_ms"],
+                    decode_tokens=reply["tokens"])
+        else:
+            res.put(r, batch_tokens_per_s=reply["tokens_per_s"], batch_tokens=reply["tokens"])
 
 
-def _engine_report(values: dict, reference: dict, roofline, batch: int) -> dict:
-    report = {
-        "decode_tokens_per_s": values.get("decode_tokens_per_s"),
-        "prefill_ms": values.get("prefill_ms", {}),
-        f"batch{batch}_tokens_per_s": values.get("batch_tokens_per_s"),
-        "ttft_ms": values.get("ttft_ms"),
-        "compile_s_cold": values.get("compile_s_cold"),
-        "compile_s_warm": values.get("compile_s_warm"),
-        "peak_rss_mb": round(values["peak_rss_mb"], 1),
+class _Process:
+    """One worker process (`python -m max_gpt2.bench`), kept alive: it takes one task at a time
+    on its stdin and answers each with a line of JSON on a pipe of its own (MAX and torch may
+    print to stdout; that goes to a log).
+
+    A task that overruns its time (the per-task --timeout, or what is left of the engine's
+    budget) kills the process and its session (the engine and any compile workers); the engine
+    is then done, and its status says why. Peak RSS is the process's own high-water mark
+    (VmHWM): wait4's ru_maxrss would start from the parent's RSS, inherited at exec.
+    """
+
+    def __init__(self, engine: str | None, model: str, scratch: Path, *, env=None, budget: float,
+                 timeout: float, tag: str = "") -> None:
+        self.engine, self.budget, self.total, self.timeout = engine, budget, budget, timeout
+        self.status, self.peak_rss_mb = "ok", 0.0
+        self.log = scratch / f"{engine or 'bandwidth'}{tag}.log"
+        read, write = os.pipe()
+        # env= always: importing MAX puts PYTHONEXECUTABLE in the real environment, and a child that
+        # inherits it would start outside this virtual environment.
+        child_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **(env or {})}
+        child_env.pop("PYTHONEXECUTABLE", None)
+        job = {"engine": engine, "model": model, "reply_fd": write}
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "max_gpt2.bench", json.dumps(job)],
+                                         stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=child_env,
+                                         pass_fds=(write,), start_new_session=True)
+        os.close(write)
+        self.replies, self.pending = read, b""
+
+    def call(self, task: dict) -> dict | None:
+        """Runs one task; its reply, or None if the process is done (see status)."""
+        if self.status != "ok":
+            return None
+        limit = min(self.timeout, self.budget)
+        start = time.monotonic()
+        try:
+            self.proc.stdin.write((json.dumps(task) + "\n").encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it has died; the read below says how
+        line = self._read_line(start + limit)
+        self.budget -= time.monotonic() - start
+        if line is None:
+            if time.monotonic() < start + limit:  # it ended by itself
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
+                tail = [s for s in self.log.read_text(errors="replace").splitlines() if s.strip()][-1:]
+                self.status = f"{task['task']}: failed ({tail[0][:160] if tail else f'exit {self.proc.returncode}'})"
+            else:
+                self.peak_rss_mb = max(self.peak_rss_mb, _vm_hwm_mb(self.proc.pid))
+                self._kill()
+                which = (f"{self.timeout:.0f} s limit for one task" if limit == self.timeout
+                         else f"{self.engine}'s {self.total:.0f} s time limit")
+                self.status = f"{task['task']}: stopped at the {which}"
+            return None
+        reply = json.loads(line)
+        self.peak_rss_mb = max(self.peak_rss_mb, reply.pop("peak_rss_mb"))
+        return reply
+
+    def _read_line(self, deadline: float) -> bytes | None:
+        while b"\n" not in self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if select.select([self.replies], [], [], min(left, 1.0))[0]:
+                chunk = os.read(self.replies, 1 << 20)
+                if not chunk:  # closed: the process has ended
+                    return None
+                self.pending += chunk
+            elif self.proc.poll() is not None:
+                return None
+        line, self.pending = self.pending.split(b"\n", 1)
+        return line
+
+    def _kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: the engine and any compile workers
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # no more tasks: it returns
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._kill()
+        os.close(self.replies)
+
+
+def _vm_hwm_mb(pid: int | str = "self") -> float:
+    """A process's peak resident memory, MB (Linux); 0 where /proc is not there to say."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _median(series: dict):
+    return float(np.median(list(series.values()))) if series else None
+
+
+def _listed(series: dict) -> list:
+    return [series[r] for r in sorted(series)]
+
+
+def _ratio(a: dict, b: dict) -> dict:
+    return {r: a[r] / b[r] for r in a if b.get(r)}
+
+
+def _engine_report(res: _Results, reference: _Results | None, roofline: dict, batch: int) -> dict:
+    lengths = sorted({n for values in res.rounds.values() for n in values.get("prefill_ms", {})})
+    prefill = {str(n): res.series("prefill_ms", n) for n in lengths}
+    decode = res.series("decode_tokens_per_s")
+    series = {
+        "decode_tokens_per_s": decode,
+        f"batch{batch}_tokens_per_s": res.series("batch_tokens_per_s"),
+        "ttft_ms": res.series("ttft_ms"),
+        "compile_s_warm": res.series("compile_s_warm"),
+        "decode_roofline_fraction": _ratio(decode, roofline),
+    }
+    report = {key: _median(s) for key, s in series.items()}
+    report.update({
+        "prefill_ms": {n: _median(s) for n, s in prefill.items()},
+        "compile_s_cold": res.compile_s_cold,
+        "peak_rss_mb": round(res.peak_rss_mb, 1),
         "greedy_tokens_match": None,
         "greedy_tokens_checked": 0,
-        "status": values["status"],
-    }
-    decode = report["decode_tokens_per_s"]
-    report["decode_roofline_fraction"] = decode / roofline if decode and roofline else None
-    rows = (values.get("decode_tokens") or []) + (values.get("batch_tokens") or [])
-    if rows and reference.get("reference_tokens"):
-        same, checked = _compare(rows, reference["reference_tokens"], reference["reference_margins"])
-        report["greedy_tokens_match"], report["greedy_tokens_checked"] = same, checked
+        "rounds": len(decode),
+        "per_round": {**{key: _listed(s) for key, s in series.items()},
+                      "prefill_ms": {n: _listed(s) for n, s in prefill.items()}},
+        "status": "; ".join(res.status) or "ok",
+    })
+    if reference is not None and reference.reference:
+        tokens, margins = reference.reference  # the decode prompt's row, then the batch's
+        compared = [_compare(values[key], tokens[part], margins[part]) for values in res.rounds.values()
+                    for key, part in (("decode_tokens", slice(0, 1)), ("batch_tokens", slice(1, None)))
+                    if key in values]
+        if compared:
+            report["greedy_tokens_match"] = all(same for same, _ in compared)
+            report["greedy_tokens_checked"] = sum(n for _, n in compared)
     return report
 
 
@@ -312,35 +539,30 @@ def _compare(rows, reference, margins) -> tuple[bool, int]:
     return True, checked
 
 
-# The issue's targets for the compiled engine, against transformers eager in the same run.
-TARGETS = (
-    ("decode ≥ 2× torch-eager", "decode_tokens_per_s", 2.0),
-    ("prefill of the longest prompt ≥ 2× torch-eager (latency ratio)", "prefill_ms", 2.0),
-    ("batch throughput ≥ 3× torch-eager", "batch", 3.0),
-)
-
-
-def _targets(engines: dict, roofline, longest: int) -> list[dict]:
-    ours, theirs = engines.get("max-compiled-kv"), engines.get(REFERENCE)
-    if not ours or not theirs:
+def _targets(results: dict[str, _Results], roofline: dict, longest: int) -> list[dict]:
+    """The issue's targets for the compiled engine against transformers eager: each the median
+    over the rounds of that round's ratio (the two engines measured seconds apart)."""
+    ours, theirs = results.get("max-compiled-kv"), results.get(REFERENCE)
+    if ours is None or theirs is None:
         return []
-    batch_key = next(k for k in ours if k.startswith("batch"))
-
-    def ratio(key):
-        if key == "prefill_ms":
-            a, b = theirs["prefill_ms"].get(str(longest)), ours["prefill_ms"].get(str(longest))
-        else:
-            key = batch_key if key == "batch" else key
-            a, b = ours.get(key), theirs.get(key)
-        return a / b if a and b else None
-
-    rows = [{"target": name, "measured": ratio(key), "goal": goal} for name, key, goal in TARGETS]
-    rows.append({"target": "decode ≥ 50% of the roofline", "measured": ours["decode_roofline_fraction"], "goal": 0.5})
-    rows.append({"target": "warm compile ≤ 5 s", "measured": ours["compile_s_warm"], "goal": 5.0, "at_most": True})
-    for r in rows:
-        m = r["measured"]
-        r["met"] = None if m is None else (m <= r["goal"] if r.get("at_most") else m >= r["goal"])
-    return rows
+    decode = ours.series("decode_tokens_per_s")
+    rows = [
+        ("decode ≥ 2× torch-eager", _ratio(decode, theirs.series("decode_tokens_per_s")), 2.0),
+        ("prefill of the longest prompt ≥ 2× torch-eager (latency ratio)",
+         _ratio(theirs.series("prefill_ms", longest), ours.series("prefill_ms", longest)), 2.0),
+        ("batch throughput ≥ 3× torch-eager",
+         _ratio(ours.series("batch_tokens_per_s"), theirs.series("batch_tokens_per_s")), 3.0),
+        ("decode ≥ 50% of the roofline", _ratio(decode, roofline), 0.5),
+        ("warm compile ≤ 5 s", ours.series("compile_s_warm"), 5.0),
+    ]
+    out = []
+    for name, series, goal in rows:
+        m = _median(series)
+        at_most = "≤" in name
+        met = None if m is None else (m <= goal if at_most else m >= goal)
+        out.append({"target": name, "measured": m, "per_round": _listed(series), "goal": goal, "at_most": at_most,
+                    "met": met})
+    return out
 
 
 def _machine(load_before) -> dict:
@@ -416,22 +638,28 @@ def _print_table(report: dict, batch: int, out=None) -> None:
         ("compile, warm cache (s)", [e["compile_s_warm"] for e in engines.values()], 1),
         ("peak RSS (MB)", [e["peak_rss_mb"] for e in engines.values()], 0),
         ("greedy tokens = transformers", [e["greedy_tokens_match"] for e in engines.values()], 0),
+        ("rounds", [e["rounds"] for e in engines.values()], 0),
     ]
     width = max(len(r[0]) for r in rows) + 2
     col = max(12, *(len(n) + 2 for n in names))
     print("".ljust(width) + "".join(n.rjust(col) for n in names), file=out)
     for label, values, digits in rows:
         print(label.ljust(width) + "".join(_fmt(v, digits).rjust(col) for v in values), file=out)
+    print("\nfigures: medians over rounds; the time-boxed or failed are missing (—)", file=out)
     bw, roof = report["memory_bandwidth_gb_s"], report["roofline_decode_tokens_per_s"]
     if bw:
-        print(f"\nroofline: {bw:.1f} GB/s read ÷ {m['weight_bytes_per_decode_step'] / 1e6:.0f} MB of weights per "
-              f"token = {roof:.1f} tokens/s", file=out)
+        print(f"roofline: {bw:.1f} GB/s read ÷ {m['weight_bytes_per_decode_step'] / 1e6:.0f} MB of weights per "
+              f"token = {roof:.1f} tokens/s (median of {len(report['memory_bandwidth_gb_s_per_round'])} rounds' reads)",
+              file=out)
     for name, e in engines.items():
         if e["status"] != "ok":
             print(f"{name}: {e['status']}", file=out)
+    if report.get("targets"):
+        print("targets, ours against torch-eager: the median of the rounds' ratios (each round's)", file=out)
     for t in report.get("targets", []):
         mark = "?" if t["met"] is None else ("✓" if t["met"] else "✗")
-        print(f"  {mark} {t['target']}: {_fmt(t['measured'], 2)}", file=out)
+        rounds = ", ".join(_fmt(v, 2) for v in t["per_round"])
+        print(f"  {mark} {t['target']}: {_fmt(t['measured'], 2)} ({rounds})", file=out)
 
 
 COLORS = {"max-compiled-kv": "#d62728", "max-compiled-recompute": "#ff9896", "max-eager": "#c7c7c7",
@@ -490,6 +718,10 @@ def plot(report: dict, path: str) -> None:
             for b, v in zip(bars, values):
                 ax.text(b.get_x() + b.get_width() / 2, b.get_height(), _fmt(v) if v is not None else "n/a",
                         ha="center", va="bottom", fontsize=8)
+            for i, n in enumerate(names):  # each round's figure, where there were several
+                rounds = engines[n]["per_round"].get(key, [])
+                if len(rounds) > 1:
+                    ax.plot([i] * len(rounds), rounds, "k.", markersize=4, label="each round" if i == 0 else None)
             if key == "decode_tokens_per_s" and report["roofline_decode_tokens_per_s"]:
                 roof = report["roofline_decode_tokens_per_s"]
                 ax.axhline(roof, color="black", linestyle="--", linewidth=1)
@@ -499,25 +731,14 @@ def plot(report: dict, path: str) -> None:
     m = report["model"]
     weights = "seeded random weights" if m["random_weights"] else Path(m["source"]).name
     fig.suptitle(f"GPT-2 {m['parameter_count'] / 1e6:.0f}M float32 ({weights}) on {report['machine']['cpu']}, "
-                 f"{report['machine']['cores']} cores — one run")
+                 f"{report['machine']['cores']} cores — one run; bars are medians of {report['workload']['rounds']} "
+                 f"rounds for {' and '.join(PAIR)} (dots: each round), of one for the others")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 # --- the worker: one engine in its own process ---------------------------------------------------
-
-
-class _Emitter:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __call__(self, name: str, value, length: int | None = None) -> None:
-        item = {"name": name, "value": value}
-        if length is not None:
-            item["length"] = length
-        with open(self.path, "a") as f:
-            f.write(json.dumps(item) + "\n")
 
 
 def _timed(tokens: Iterator[np.ndarray]) -> tuple[list[list[int]], list[float]]:
@@ -530,55 +751,54 @@ def _timed(tokens: Iterator[np.ndarray]) -> tuple[list[list[int]], list[float]]:
 
 
 def _worker(job: dict) -> int:
-    emit = _Emitter(job["out"])
-    if job["engine"] == "bandwidth":
-        emit("bandwidth_gb_s", memory_bandwidth())
-        return 0
-    engine = ENGINE_CLASSES[job["engine"]](job["model"])
-    compile_s = engine.compile()
-    if compile_s is not None:
-        emit("compile_s_cold" if job["role"] == "cold" else "compile_s_warm", compile_s)
-    if job["role"] == "cold":
-        return 0
-
-    rng = np.random.default_rng(0)
-    n, batch, vocab = job["new_tokens"], job["batch"], job["vocab"]
-    slow = not engine.compiled_graph  # an eager engine: one try of each, no warm-up
-    for length in job["lengths"]:
-        ids = rng.integers(0, vocab, (1, length))
-        if not slow:
-            engine.prefill(ids)  # warm-up: first-call allocations, torch.compile's per-shape compile
-        times = []
-        for _ in range(1 if slow else 3):
-            start = time.perf_counter()
-            engine.prefill(ids)
-            times.append(time.perf_counter() - start)
-        emit("prefill_ms", float(np.median(times)) * 1e3, length)
-
-    prompt = rng.integers(0, vocab, (1, job["decode_prompt"]))
-    if not slow:
-        engine.generate(prompt, 2)  # warm-up of the decode path
-    start = time.perf_counter()
-    tokens, stamps = engine.generate(prompt, n)
-    emit("ttft_ms", (stamps[0] - start) * 1e3)
-    emit("decode_tokens_per_s", (len(stamps) - 1) / (stamps[-1] - stamps[0]))
-    emit("decode_tokens", tokens)
-
-    prompts = rng.integers(0, vocab, (batch, job["decode_prompt"]))
-    if not slow:
-        engine.generate(prompts, 2)  # warm-up at this batch size
-    start = time.perf_counter()
-    tokens, stamps = engine.generate(prompts, job["batch_new_tokens"])
-    emit("batch_tokens_per_s", batch * len(stamps) / (stamps[-1] - start))
-    emit("batch_tokens", tokens)
-
-    if job["engine"] == REFERENCE:  # after the timed runs, which it must not slow down
-        tokens, margins = engine.reference(prompt, n)
-        more, more_margins = engine.reference(prompts, job["batch_new_tokens"])
-        tokens, margins = tokens + more, margins + more_margins
-        emit("reference_tokens", tokens)
-        emit("reference_margins", margins)
+    """Takes tasks from stdin, one JSON line each, until it closes; answers each on the reply pipe."""
+    os.set_inheritable(job["reply_fd"], False)  # not to compile workers: the pipe closes when this ends
+    reply = os.fdopen(job["reply_fd"], "w")
+    engine = None
+    for line in sys.stdin:
+        task = json.loads(line)
+        if task["task"] == "load":
+            engine = ENGINE_CLASSES[job["engine"]](job["model"])
+            values = {"compile_s": engine.compile()}
+        elif task["task"] == "bandwidth":
+            values = {"bandwidth_gb_s": memory_bandwidth()}
+        else:
+            values = getattr(engine, "task_" + task["task"])(np.array(task["ids"]), task.get("n"))
+        reply.write(json.dumps({**values, "peak_rss_mb": _vm_hwm_mb()}) + "\n")
+        reply.flush()
     return 0
+
+
+class _Engine:
+    """The workloads, the same for every engine; each engine supplies prefill, generate and compile.
+    An eager engine (no compiled graph) gets one try of each and no warm-up: minutes a forward."""
+
+    compiled_graph = True
+
+    def task_prefill(self, ids: np.ndarray, _) -> dict:
+        if self.compiled_graph:
+            self.prefill(ids)  # warm-up: first-call allocations, torch.compile's per-shape compile
+        times = []
+        for _ in range(3 if self.compiled_graph else 1):
+            start = time.perf_counter()
+            self.prefill(ids)
+            times.append(time.perf_counter() - start)
+        return {"ms": float(np.median(times)) * 1e3}
+
+    def task_decode(self, ids: np.ndarray, n: int) -> dict:
+        if self.compiled_graph:
+            self.generate(ids, 2)  # warm-up of the decode path
+        start = time.perf_counter()
+        tokens, stamps = self.generate(ids, n)
+        return {"ttft_ms": (stamps[0] - start) * 1e3, "tokens_per_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
+                "tokens": tokens}
+
+    def task_batch(self, ids: np.ndarray, n: int) -> dict:
+        if self.compiled_graph:
+            self.generate(ids, 2)  # warm-up at this batch size
+        start = time.perf_counter()
+        tokens, stamps = self.generate(ids, n)
+        return {"tokens_per_s": len(ids) * len(stamps) / (stamps[-1] - start), "tokens": tokens}
 
 
 def memory_bandwidth(gib: float = BANDWIDTH_GIB, passes: int = BANDWIDTH_PASSES) -> float:
@@ -598,10 +818,8 @@ def memory_bandwidth(gib: float = BANDWIDTH_GIB, passes: int = BANDWIDTH_PASSES)
     return data.nbytes / best / 1e9
 
 
-class _MaxKV:
+class _MaxKV(_Engine):
     """Ours: GPT2.generate_tokens, the compiled step graph with a key/value cache."""
-
-    compiled_graph = True
 
     def __init__(self, path: str) -> None:
         from max_gpt2.engine import GPT2
@@ -641,7 +859,7 @@ class _MaxRecompute(_MaxKV):
             ids = np.concatenate([ids, nxt[:, None]], axis=1)
 
 
-class _MaxEager:
+class _MaxEager(_Engine):
     """The same MAX modules (GPT2Step: the KV-cached forward) called directly, without compiling:
     every operation runs on its own as it is reached."""
 
@@ -699,10 +917,8 @@ class _MaxEager:
                 length += 1
 
 
-class _TorchEager:
+class _TorchEager(_Engine):
     """transformers' GPT2LMHeadModel: generate (greedy) with its key/value cache."""
-
-    compiled_graph = True  # fast enough for warm-ups and repeats
 
     def __init__(self, path: str) -> None:
         import torch
@@ -748,17 +964,17 @@ class _TorchEager:
         steps, stamps = steps[1:], stamps[1:]  # not the prompt
         return [list(row) for row in zip(*steps)], stamps
 
-    def reference(self, prompts: np.ndarray, n: int) -> tuple[list[list[int]], list[list[float]]]:
-        """transformers' greedy tokens for each prompt alone (batch 1, as `reference_greedy`),
-        with the gap between the two best logits at every step."""
+    def task_reference(self, ids: np.ndarray, ns: list[int]) -> dict:
+        """transformers' greedy tokens for each prompt alone (batch 1, as `reference_greedy`), with
+        the gap between the two best logits at every step."""
         from max_gpt2.reference import reference_greedy
 
         tokens, margins = [], []
-        for prompt in prompts:
+        for prompt, n in zip(ids, ns):
             gaps: list[float] = []
             tokens.append(reference_greedy(self.model, prompt.tolist(), n, gaps))
             margins.append([float(g) for g in gaps])
-        return tokens, margins
+        return {"tokens": tokens, "margins": margins}
 
 
 class _TorchCompile(_TorchEager):

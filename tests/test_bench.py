@@ -7,9 +7,13 @@ pass/fail. What is asserted is the shape of the report and that the tokens are r
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 CLI = [str(Path(sys.executable).with_name("max-gpt2"))]
 ENGINES = ("max-compiled-kv", "max-compiled-recompute", "max-eager", "torch-eager")
@@ -39,8 +43,17 @@ def test_quick_bench_writes_a_complete_json_and_a_png(hub, tmp_path):
     assert set(report["engines"]) == set(ENGINES)
     for name, engine in report["engines"].items():
         assert set(FIELDS) <= set(engine), name
+    # --quick runs 2 rounds: the two engines the targets compare in each, the others in the first.
+    assert report["workload"]["rounds"] == 2
+    assert len(report["memory_bandwidth_gb_s_per_round"]) == 2
     for name in ("max-compiled-kv", "max-compiled-recompute", "torch-eager"):
         engine = report["engines"][name]
+        rounds = 2 if name in ("max-compiled-kv", "torch-eager") else 1
+        assert engine["rounds"] == rounds
+        per_round = engine["per_round"]
+        assert len(per_round["decode_tokens_per_s"]) == len(per_round["batch8_tokens_per_s"]) == rounds
+        assert all(len(v) == rounds for v in per_round["prefill_ms"].values())
+        assert engine["decode_tokens_per_s"] == statistics.median(per_round["decode_tokens_per_s"])
         assert engine["status"] == "ok", (name, engine["status"])
         assert set(engine["prefill_ms"]) == {"8", "16"}
         assert all(v > 0 for v in engine["prefill_ms"].values())
@@ -50,11 +63,38 @@ def test_quick_bench_writes_a_complete_json_and_a_png(hub, tmp_path):
         assert engine["compile_s_cold"] is None  # --quick skips the cold compile
     for name in ("max-compiled-kv", "max-compiled-recompute"):
         assert report["engines"][name]["compile_s_warm"] > 0
+    assert len(report["engines"]["max-compiled-kv"]["per_round"]["compile_s_warm"]) == 2  # a new process each round
+
+    # Each target is the median of its rounds' ratios, ours and transformers' from the same round.
+    ours, theirs = (report["engines"][e]["per_round"] for e in ("max-compiled-kv", "torch-eager"))
+    decode = next(t for t in report["targets"] if t["target"].startswith("decode ≥ 2×"))
+    ratios = [a / b for a, b in zip(ours["decode_tokens_per_s"], theirs["decode_tokens_per_s"])]
+    assert decode["per_round"] == pytest.approx(ratios) and decode["measured"] == pytest.approx(statistics.median(ratios))
+    prefill = next(t for t in report["targets"] if t["target"].startswith("prefill"))
+    ratios = [b / a for a, b in zip(ours["prefill_ms"]["16"], theirs["prefill_ms"]["16"])]  # latency: theirs / ours
+    assert prefill["per_round"] == pytest.approx(ratios)
     # Minutes per forward: the 10 s box of --quick ends it; it is reported, not an error.
     assert "time limit" in report["engines"]["max-eager"]["status"]
 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "decode, batch 1 (tokens/s)" in result.stdout and "roofline:" in result.stdout
+
+
+def test_peak_rss_is_the_worker_processes_own(tmp_path):
+    """A child's ru_maxrss (wait4, getrusage) starts from its parent's RSS, carried across exec:
+    measured that way, every engine once reported the 1.5 GB of the bench process that had
+    written the checkpoint. The worker reports its own high-water mark instead."""
+    from max_gpt2.bench import _Process
+
+    ballast = np.ones(3 * 2**30 // 8)  # 3 GiB in this process, every page touched
+    p = _Process(None, "", tmp_path, budget=float("inf"), timeout=120)
+    try:
+        reply = p.call({"task": "bandwidth"})  # a streaming read of a 1 GiB array of its own
+    finally:
+        p.close()
+    assert reply is not None and reply["bandwidth_gb_s"] > 0, p.status
+    assert 1024 < p.peak_rss_mb < 2048, p.peak_rss_mb
+    del ballast
 
 
 def test_unknown_engine_is_one_clear_error():
