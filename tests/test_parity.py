@@ -1,6 +1,7 @@
 """The proof: our compiled MAX graph gives transformers' logits on the same weights."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,6 +45,37 @@ def test_one_compiled_graph_serves_every_batch_and_length(hub):
     graph = hub.model.logits_graph
     worst_logit_gap(hub.model, hub.reference, seed=1)
     assert hub.model.logits_graph is graph
+
+
+def test_compiled_graph_files_are_reused_only_for_the_same_graph(hub, pretrained, untied, monkeypatch):
+    """Each compiled graph is kept as a file named by a digest of the graph (engine._GraphFiles).
+    A model with the same graph and other weights loads that file instead of compiling, and its
+    own weights are bound to it; a model whose graph differs does not get that file."""
+    from max_gpt2 import engine
+
+    files = engine._graph_files()
+    compile_ = type(files).compile
+    compiled = []  # what each compile was given: a Graph, or the Path of a kept file
+
+    def spy(self, model, **options):
+        compiled.append(model)
+        return compile_(self, model, **options)
+
+    monkeypatch.setattr(type(files), "compile", spy)
+    GPT2.from_pretrained(hub.path).logits_graph  # compiled and kept, or loaded
+    kept = compiled[-1] if isinstance(compiled[-1], Path) else None
+    compiled.clear()
+
+    same = GPT2.from_pretrained(pretrained.path)  # the same configuration, other weights
+    assert worst_logit_gap(same, pretrained.reference) <= TOLERANCE
+    assert len(compiled) == 1 and isinstance(compiled[0], Path) and compiled[0].is_file()
+    assert kept in (None, compiled[0])
+    hub_file = compiled[0]
+    compiled.clear()
+
+    other = GPT2.from_pretrained(untied.path)  # another graph: an extended vocabulary, its own head
+    assert worst_logit_gap(other, untied.reference) <= TOLERANCE
+    assert compiled and hub_file not in compiled
 
 
 def test_skipped_c_proj_transpose_is_caught(hub):
