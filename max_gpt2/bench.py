@@ -271,8 +271,12 @@ class _Bench:
         return reply
 
     def close(self) -> None:
-        for p in list(self.processes):
-            self._stop(p)
+        try:
+            for p in list(self.processes):
+                self._stop(p)
+        finally:
+            for p in self.processes:  # left by an interruption (a second Ctrl-C): not waited for
+                p._kill()
 
     def _budget(self, engine: str) -> float:
         budgets = {"max-eager": self.args.eager_timeout, "torch-compile": self.args.compile_timeout}
@@ -396,7 +400,7 @@ class _Process:
         # inherits it would start outside this virtual environment.
         child_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **(env or {})}
         child_env.pop("PYTHONEXECUTABLE", None)
-        job = {"engine": engine, "model": model, "reply_fd": write}
+        job = {"engine": engine, "model": model, "reply_fd": write, "parent": os.getpid()}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "max_gpt2.bench", json.dumps(job)],
                                          stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=child_env,
@@ -763,6 +767,7 @@ def _timed(tokens: Iterator[np.ndarray]) -> tuple[list[list[int]], list[float]]:
 
 def _worker(job: dict) -> int:
     """Takes tasks from stdin, one JSON line each, until it closes; answers each on the reply pipe."""
+    _die_with_parent(job["parent"])
     os.set_inheritable(job["reply_fd"], False)  # not to compile workers: the pipe closes when this ends
     reply = os.fdopen(job["reply_fd"], "w")
     engine = None
@@ -778,6 +783,20 @@ def _worker(job: dict) -> int:
         reply.write(json.dumps({**values, "peak_rss_mb": _vm_hwm_mb()}) + "\n")
         reply.flush()
     return 0
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker spends most of its life stopped, in a session of its own: if the bench dies
+    without closing it (SIGTERM, SIGKILL, out of memory), nothing else would end it. On Linux
+    the kernel kills it with its parent."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent:  # the parent was gone before the line above
+        sys.exit(1)
 
 
 class _Engine:

@@ -9,8 +9,8 @@ length ever recompiles:
   graph; an accelerator is sent it again each step.
 
 A new model size takes a minute or more to compile on a CPU. Each compiled graph is then kept
-as a file (`_GraphFiles`), so the next process with a checkpoint of that size, or of any size
-compiled before, loads it in milliseconds.
+as a file (`_GraphFiles`), so the next process with a checkpoint of a size compiled before loads
+it in milliseconds instead of compiling it again.
 """
 
 from __future__ import annotations
@@ -534,27 +534,33 @@ def _graph_files():
         the front of the graph compiler before it can look the graph up, 2-4 s a graph for
         GPT-2 on a CPU. A MEF file loads in milliseconds. The digest covers the graph's full
         text (every operation, shape and parameter, and our kernel library's path, which holds
-        a digest of the kernels' source), MAX's version and the CPU; a graph that differs in any
-        of them names another file. Weights are not in the file: they are bound when it loads.
+        a digest of the kernels' source), the compile options and MAX's debug settings, MAX's
+        version, the CPU and the devices; a graph that differs in any of them names another
+        file. Weights are not in the file: they are bound when it loads.
         """
 
         def compile_reusing_mefs(self, model, **options):
             text = repr(model)
             if "mo.call" in text:  # a subgraph's body is not in the text, so it could not be told apart
                 return super().compile_reusing_mefs(model, **options)
-            devices = ", ".join(f"{d} {'' if d.is_host else d.architecture_name}" for d in self.devices)
-            path = _graph_file(model.name, text + devices)
-            if path.is_file():
+            path = _graph_file(model.name, text, self._setting(options))
+            if path is not None and path.is_file():
                 try:
                     return self.compile(path)
                 except Exception:  # noqa: BLE001  unreadable (a MAX upgrade mid-run?): compile anew
                     pass
             compiled = super().compile_reusing_mefs(model, **options)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.{os.getpid()}")
-            compiled.export_mef(partial)
-            os.replace(partial, path)  # at once: a concurrent process never reads half a file
+            if path is not None:
+                _keep(compiled, path)
             return compiled
+
+        def _setting(self, options) -> str:
+            debug = {k: str(getattr(self.debug, k)) for k in dir(self.debug) if not k.startswith("_")
+                     and not callable(getattr(self.debug, k))}
+            env = {k: v for k, v in os.environ.items() if k.startswith(("MODULAR_", "MAX_"))
+                   and k != "MODULAR_DERIVED_PATH"}  # that one is the folder the file is in
+            devices = [f"{d} {'' if d.is_host else d.architecture_name}" for d in self.devices]
+            return repr((sorted(options.items()), sorted(debug.items()), sorted(env.items()), devices))
 
     # The devices of MAX's own session (max.experimental): every one found, and the host CPU.
     specs = driver.scan_available_devices()
@@ -563,24 +569,46 @@ def _graph_files():
     return _GraphFiles(devices=driver.load_devices(specs))
 
 
-def _graph_file(name: str, text: str) -> Path:
+def _graph_file(name: str, text: str, setting: str) -> Path | None:
+    """Where a compiled graph is kept; None if MAX has no cache folder."""
     from max import _core
 
+    cache = _core.engine.max_cache_dir()
+    if not cache:
+        return None
     digest = hashlib.sha256()
-    for part in (_core.__version__, _cpu(), text):
+    for part in (_core.__version__, _cpu(), setting, text):
         digest.update(part.encode() + b"\0")
-    folder = Path(_core.engine.max_cache_dir()).parent / "max-gpt2" / "graphs"
+    folder = Path(cache).parent / "max-gpt2" / "graphs"
     return folder / f"{''.join(c if c.isalnum() else '_' for c in name)}-{digest.hexdigest()[:32]}.mef"
+
+
+def _keep(compiled, path: Path) -> None:
+    """Writes a compiled graph to its file; a file that cannot be written is only not kept."""
+    import tempfile
+
+    partial = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.close(fd)
+        compiled.export_mef(partial)
+        os.replace(partial, path)  # at once: a concurrent process never reads half a file
+    except Exception:  # noqa: BLE001  a full or read-only disk: the compiled graph still runs
+        if partial is not None:
+            Path(partial).unlink(missing_ok=True)
 
 
 @functools.cache
 def _cpu() -> str:
-    """The CPU the compiled code is for: its model and instruction-set flags (Linux), else what
-    platform says."""
+    """The CPU the compiled code is for: its model and instruction-set features from
+    /proc/cpuinfo (x86 and Arm name them differently), else what platform says."""
     import platform
 
+    keys = ("model name", "flags", "Features", "CPU implementer", "CPU part", "CPU architecture")
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return "\n".join(dict.fromkeys(x for x in lines if x.startswith(("model name", "flags"))))
     except OSError:
-        return f"{platform.machine()} {platform.processor()}"
+        lines = []
+    found = "\n".join(dict.fromkeys(x for x in lines if x.startswith(keys)))
+    return found or f"{platform.machine()} {platform.processor()} {platform.platform()}"

@@ -10,6 +10,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,11 @@ def test_a_worker_reports_its_own_peak_rss_and_is_stopped_between_tasks(tmp_path
     p = _Process(None, "", tmp_path, budget=float("inf"), timeout=120)
     try:
         reply = p.call({"task": "bandwidth"})  # a streaming read of a 1 GiB array of its own
-        state = Path(f"/proc/{p.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        for _ in range(100):  # SIGSTOP is delivered when the process is next scheduled
+            state = Path(f"/proc/{p.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "T":
+                break
+            time.sleep(0.02)
     finally:
         p.close()
     assert reply is not None and reply["bandwidth_gb_s"] > 0, p.status
@@ -100,6 +105,30 @@ def test_a_worker_reports_its_own_peak_rss_and_is_stopped_between_tasks(tmp_path
     # from the engine being measured.
     assert state == "T", state
     assert p.proc.returncode == 0  # and resumed to end normally
+
+
+def test_a_worker_dies_with_the_bench(tmp_path):
+    """A worker waits stopped in a session of its own; a bench killed outright (SIGKILL, out of
+    memory) cannot close it, so the kernel must end it."""
+    script = f"""
+import os, signal
+from pathlib import Path
+from max_gpt2.bench import _Process
+p = _Process(None, "", Path({str(tmp_path)!r}), budget=float("inf"), timeout=120)
+assert p.call({{"task": "bandwidth"}}) is not None, p.status
+print(p.proc.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ))
+    worker = int(result.stdout.split()[0])
+    for _ in range(100):
+        if not Path(f"/proc/{worker}").exists():
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(worker, 9)
+        raise AssertionError("the worker outlived the bench")
 
 
 def test_unknown_engine_is_one_clear_error():

@@ -8,7 +8,7 @@ import pytest
 
 from max_gpt2 import GPT2
 from max_gpt2.config import GPT2Config
-from max_gpt2.reference import make_checkpoint, reference_logits
+from max_gpt2.reference import make_checkpoint, reference_greedy, reference_logits
 from max_gpt2.verify import TOLERANCE, verify
 
 
@@ -62,20 +62,33 @@ def test_compiled_graph_files_are_reused_only_for_the_same_graph(hub, pretrained
         return compile_(self, model, **options)
 
     monkeypatch.setattr(type(files), "compile", spy)
-    GPT2.from_pretrained(hub.path).logits_graph  # compiled and kept, or loaded
-    kept = compiled[-1] if isinstance(compiled[-1], Path) else None
+    GPT2.from_pretrained(hub.path).compile()  # the logits, prefill and decode graphs: kept, or loaded
     compiled.clear()
 
     same = GPT2.from_pretrained(pretrained.path)  # the same configuration, other weights
     assert worst_logit_gap(same, pretrained.reference) <= TOLERANCE
-    assert len(compiled) == 1 and isinstance(compiled[0], Path) and compiled[0].is_file()
-    assert kept in (None, compiled[0])
-    hub_file = compiled[0]
+    prompt = [5, 17, 300, 2]
+    ours = [int(t[0]) for t in same.generate_tokens([prompt], 12)]  # the prefill and decode graphs
+    assert ours == reference_greedy(pretrained.reference, prompt, 12)
+    assert len(compiled) == 3 and all(isinstance(c, Path) and c.is_file() for c in compiled), compiled
+    hub_file = compiled[0]  # the logits graph's
     compiled.clear()
 
     other = GPT2.from_pretrained(untied.path)  # another graph: an extended vocabulary, its own head
     assert worst_logit_gap(other, untied.reference) <= TOLERANCE
     assert compiled and hub_file not in compiled
+
+
+def test_a_graph_file_that_cannot_be_written_is_only_not_kept(tmp_path):
+    from max_gpt2.engine import _keep
+
+    class Compiled:
+        def export_mef(self, path):
+            Path(path).write_bytes(b"half")
+            raise OSError("No space left on device")
+
+    _keep(Compiled(), tmp_path / "graphs" / "GPT2Step-0.mef")
+    assert list((tmp_path / "graphs").iterdir()) == []  # neither the file nor its partial
 
 
 def test_skipped_c_proj_transpose_is_caught(hub):
