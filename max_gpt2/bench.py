@@ -341,8 +341,9 @@ class _Bench:
 
         if REFERENCE in live:  # after the timed runs, which it must not slow down
             say(f"{REFERENCE}: transformers' greedy tokens and logit margins, to check every engine's")
-            reply = self._call(live[REFERENCE], {"task": "reference", "ids": self.decode_ids + self.batch_ids,
-                                          "n": [args.new_tokens] + [args.batch_new_tokens] * args.batch})
+            rows = {"ids": self.decode_ids + self.batch_ids,
+                    "n": [args.new_tokens] + [args.batch_new_tokens] * args.batch}
+            reply = self._call(live[REFERENCE], {"task": "reference", **rows})
             if reply:
                 self.results[REFERENCE].reference = reply["tokens"], reply["margins"]
         for p in live.values():
