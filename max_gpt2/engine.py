@@ -19,9 +19,9 @@ import functools
 import hashlib
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
