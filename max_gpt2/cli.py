@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
         bench = None
     if bench is not None:
         b = sub.add_parser("bench", help="compiled MAX vs eager inference, each engine in its own process",
-                           description=bench.__doc__)
+                           description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         bench.add_arguments(b)
         b.set_defaults(run=bench.run)
     return p
