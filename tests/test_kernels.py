@@ -1,6 +1,6 @@
 """Our Mojo kernels (max_gpt2/kernels) alone, against numpy, at sizes the models in the other
 tests never reach: widths that are no multiple of the 16-lane vectors, row counts on both sides
-of the four- and eight-row tiles, a head size with a remainder, masked cache positions.
+of the four- and eight-row blocks, a head size with a remainder, masked cache positions.
 
 The whole-model tests (decode equal to a full recompute, greedy text equal to transformers)
 cover the kernels inside the graph; these cover every branch of their loops, in seconds.
@@ -26,11 +26,12 @@ from max_gpt2.model import decode_attention, matvec  # noqa: E402
 # K: two 16-lane vectors and 8 left over, or 1000, wider than 768 as the MLP's c_proj (3072)
 # is. N: rows of w, which the kernel splits into one slice per core (batches of 8 rows or more)
 # or four (fewer rows); at 1029, on 1 to 64 cores, some slice has rows left after its tiles of
-# two (8 rows or more) and some after its tiles of four (4 to 7).
+# four rows of w.
 KS, N = (40, 1000), 1029
-# Rows of x: one; fewer than a tile of four; a tile; a tile and two; a tile of eight; eight and
-# one; two passes of eight.
-ROWS = [1, 3, 4, 6, 8, 9, 16]
+# Rows of x: one; fewer than a block of four; a block of four, and four with every remainder
+# (1, 2, 2 + 1); a block of eight, and eight with every remainder (1, 2, 2 + 1, 4, 4 + 2 + 1);
+# two blocks of eight.
+ROWS = [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 15, 16]
 
 
 def compiled(fn, *types):
