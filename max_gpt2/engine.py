@@ -93,6 +93,7 @@ class GPT2:
         self._logits_graph = None
         self._step_graph = None
         self._decode_graph = None
+        self._spare: _Cache | None = None  # the last finished generation's cache memory, on a CPU
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -242,6 +243,9 @@ class GPT2:
 
         At the context limit (n_positions) it stops, unless `sliding_window`: then it keeps the
         last half of the context, recomputes its cache, and goes on.
+
+        On a CPU the model keeps the cache memory of the last finished generation for the next
+        one of the same batch size (see `_reserve`): one cache, as large as that generation's.
         """
         sampling = sampling or Sampling()
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
@@ -261,19 +265,23 @@ class GPT2:
         sample = sampling.sampler()
         history = [list(r) for r in rows]  # every row's tokens so far, for re-prefill
         logits, cache = self._prefill(rows, max_new_tokens)
-        for step in range(max_new_tokens):
-            nxt = sample(logits)  # the token at position cache.length, always < n_ctx
-            yield nxt
-            for h, t in zip(history, nxt):
-                h.append(int(t))
-            if step == max_new_tokens - 1:
-                return
-            if cache.length + 1 >= n_ctx:  # the token after this one would have no position
-                if not sliding_window:
+        try:
+            for step in range(max_new_tokens):
+                nxt = sample(logits)  # the token at position cache.length, always < n_ctx
+                yield nxt
+                for h, t in zip(history, nxt):
+                    h.append(int(t))
+                if step == max_new_tokens - 1:
                     return
-                logits, cache = self._prefill([h[-(n_ctx // 2):] for h in history], max_new_tokens - step - 1)
-            else:
-                logits, cache = self._decode(nxt, cache)
+                if cache.length + 1 >= n_ctx:  # the token after this one would have no position
+                    if not sliding_window:
+                        return
+                    logits, cache = self._prefill([h[-(n_ctx // 2):] for h in history], max_new_tokens - step - 1)
+                else:
+                    logits, cache = self._decode(nxt, cache)
+        finally:  # also when the caller stops early: its memory serves the next generation
+            if self._on_cpu:
+                self._spare = cache
 
     def _prefill(self, rows: list[list[int]], new_tokens: int = 1):
         """Runs the prompts through the prefill graph and keeps their keys and values in a cache.
@@ -334,6 +342,17 @@ class GPT2:
         c = self.config
         capacity = min(-(-length // CACHE_CHUNK) * CACHE_CHUNK, max(length, c.n_positions))
         shape = (c.n_layer, cache.key_mask.shape[0], c.n_head, capacity, c.head_dim)
+        # A new cache on a CPU takes the last finished generation's memory when it fits. New
+        # memory is mapped in as it is first written (in huge pages, which numpy asks for): at
+        # batch 8, storing the prefill's 16 positions in a new 47 MB cache took 15 to 160 ms
+        # beside the prefill graph's 150 to 230, and with this a 64-token generation took 6% less
+        # (median of 6 interleaved pairs). Whatever the old cache left in its memory is masked,
+        # and our attention kernel does not read masked positions.
+        if cache.k is None and self._on_cpu:
+            spare, self._spare = self._spare, None
+            if spare is not None and spare.k.shape[:3] == shape[:3] and capacity <= spare.k.shape[3] <= 2 * capacity:
+                cache.k, cache.v, cache.k_tensor, cache.v_tensor = spare.k, spare.v, spare.k_tensor, spare.v_tensor
+                return
         k, v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         if cache.k is not None:
             k[:, :, :, :cache.k.shape[3]] = cache.k

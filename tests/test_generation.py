@@ -70,6 +70,7 @@ def test_generation_allocates_its_cache_once(hub, monkeypatch):
     of it (the test above grows it, and so tests that path)."""
     monkeypatch.setattr(engine, "CACHE_CHUNK", 1)  # capacity = exactly what was asked for
     model, sizes = hub.model, []
+    monkeypatch.setattr(model, "_spare", None)  # no earlier generation's memory to take
     reserve = model._reserve
 
     def spy(cache, length):
@@ -82,6 +83,38 @@ def test_generation_allocates_its_cache_once(hub, monkeypatch):
     rows = [model.tokenizer.encode(p) for p in PROMPTS]
     assert len(list(model.generate_tokens(rows, 70))) == 70
     assert sizes == [max(map(len, rows)) + 69]  # the 70th token's keys are never stored
+
+
+def test_a_finished_generation_lends_its_cache_memory_to_the_next(hub, monkeypatch):
+    """Whatever the earlier generation left in the memory is hidden from the next: here NaN."""
+    model = hub.model
+    monkeypatch.setattr(model, "_spare", None)
+    rows = [model.tokenizer.encode(p) for p in PROMPTS]
+    first = ours_greedy(model, rows, 20)
+    lent = model._spare
+    lent.k[...] = np.nan
+    lent.v[...] = np.nan
+    assert ours_greedy(model, rows, 20) == first
+    assert model._spare.k is lent.k  # the same memory served the second generation
+
+
+def test_generations_in_progress_never_share_a_cache(hub, monkeypatch):
+    """A generation lends its cache only when it is over: one still going keeps its own while
+    others start and finish."""
+    model = hub.model
+    monkeypatch.setattr(model, "_spare", None)
+    a, b, c = ([model.tokenizer.encode(p)] for p in PROMPTS)
+    alone = [ours_greedy(model, p, 20) for p in (a, b, c)]
+    first = model.generate_tokens(a, 20)
+    got_a = [next(first) for _ in range(5)]
+    got_b = ours_greedy(model, b, 20)  # over: its cache is lent
+    third = model.generate_tokens(c, 20)  # takes it, while the first still has its own
+    got_c = []
+    for _ in range(15):
+        got_a.append(next(first))
+        got_c.append(next(third))
+    got_c += list(third)
+    assert [np.stack(got_a, axis=1).tolist(), got_b, np.stack(got_c, axis=1).tolist()] == alone
 
 
 def test_sampling_is_reproducible_with_a_seed_and_varies_without(hub):
