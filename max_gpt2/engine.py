@@ -244,8 +244,9 @@ class GPT2:
         At the context limit (n_positions) it stops, unless `sliding_window`: then it keeps the
         last half of the context, recomputes its cache, and goes on.
 
-        On a CPU the model keeps the cache memory of the last finished generation for the next
-        one of the same batch size (see `_reserve`): one cache, as large as that generation's.
+        On a CPU the model keeps the cache memory of a finished generation for the next one of
+        the same batch size (see `_reserve`): one cache, as large as the largest generation at
+        the latest batch size.
         """
         sampling = sampling or Sampling()
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
@@ -279,9 +280,8 @@ class GPT2:
                     logits, cache = self._prefill([h[-(n_ctx // 2):] for h in history], max_new_tokens - step - 1)
                 else:
                     logits, cache = self._decode(nxt, cache)
-        finally:  # also when the caller stops early: its memory serves the next generation
-            if self._on_cpu:
-                self._spare = cache
+        finally:  # also when the caller stops early
+            self._lend(cache)
 
     def _prefill(self, rows: list[list[int]], new_tokens: int = 1):
         """Runs the prompts through the prefill graph and keeps their keys and values in a cache.
@@ -350,9 +350,10 @@ class GPT2:
         # and our attention kernel does not read masked positions.
         if cache.k is None and self._on_cpu:
             spare, self._spare = self._spare, None
-            if spare is not None and spare.k.shape[:3] == shape[:3] and capacity <= spare.k.shape[3] <= 2 * capacity:
+            if spare is not None and spare.k.shape[:3] == shape[:3] and spare.k.shape[3] >= capacity:
                 cache.k, cache.v, cache.k_tensor, cache.v_tensor = spare.k, spare.v, spare.k_tensor, spare.v_tensor
                 return
+            self._spare = spare  # too small, or for another batch size: kept for a later one
         k, v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         if cache.k is not None:
             k[:, :, :, :cache.k.shape[3]] = cache.k
@@ -360,6 +361,14 @@ class GPT2:
         cache.k, cache.v = k, v
         # On a CPU these share the arrays' memory: what is stored in the arrays, the graph reads.
         cache.k_tensor, cache.v_tensor = self._tensor(k), self._tensor(v)
+
+    def _lend(self, cache: _Cache) -> None:
+        """Keeps a finished generation's cache memory for the next generation (on a CPU): the
+        larger of it and the one kept, for the same batch size; else the latest."""
+        spare = self._spare
+        if self._on_cpu and (spare is None or spare.k.shape[:3] != cache.k.shape[:3]
+                             or spare.k.shape[3] <= cache.k.shape[3]):
+            self._spare = cache
 
     @property
     def _on_cpu(self) -> bool:

@@ -104,17 +104,33 @@ def test_generations_in_progress_never_share_a_cache(hub, monkeypatch):
     model = hub.model
     monkeypatch.setattr(model, "_spare", None)
     a, b, c = ([model.tokenizer.encode(p)] for p in PROMPTS)
-    alone = [ours_greedy(model, p, 20) for p in (a, b, c)]
-    first = model.generate_tokens(a, 20)
-    got_a = [next(first) for _ in range(5)]
-    got_b = ours_greedy(model, b, 20)  # over: its cache is lent
-    third = model.generate_tokens(c, 20)  # takes it, while the first still has its own
-    got_c = []
-    for _ in range(15):
+    n = 12  # every prompt's cache has the same capacity: any of them would fit any other's memory
+    alone = [ours_greedy(model, p, n) for p in (a, b, c)]
+    first = model.generate_tokens(a, n)
+    got_a = [next(first) for _ in range(4)]
+    got_b = ours_greedy(model, b, n)  # over: its memory is lent
+    third = model.generate_tokens(c, n)
+    got_c = [next(third)]
+    assert model._spare is None  # the third took it, while the first still has its own
+    for _ in range(n - 4):
         got_a.append(next(first))
         got_c.append(next(third))
     got_c += list(third)
     assert [np.stack(got_a, axis=1).tolist(), got_b, np.stack(got_c, axis=1).tolist()] == alone
+
+
+def test_the_kept_cache_memory_is_the_largest_at_the_latest_batch_size(hub, monkeypatch):
+    model = hub.model
+    monkeypatch.setattr(model, "_spare", None)
+    rows = [model.tokenizer.encode(PROMPTS[1])]
+    large, small = model.generate_tokens(rows, 60), model.generate_tokens(rows, 2)
+    next(large), next(small)  # each has its own cache
+    list(large)
+    kept = model._spare.k
+    list(small)  # ends later, with less room
+    assert model._spare.k is kept and kept.shape[3] >= 60
+    ours_greedy(model, rows * 2, 2)  # another batch size
+    assert model._spare.k.shape[1] == 2
 
 
 def test_sampling_is_reproducible_with_a_seed_and_varies_without(hub):
