@@ -3,8 +3,12 @@
 # In MAX's ops this is some twenty small operations per layer (split, reshape and transpose the
 # heads, two products, concat, scale, mask, softmax, the weighted sum, merge the heads), most of
 # them a launch of their own for a few kilobytes of work. Here it is one launch: every (row, head) pair
-# is a task that reads its query from the c_attn output, scores it against the cached keys and
-# its own new key, and writes its part of the weighted sum of values.
+# reads its query from the c_attn output, scores it against the cached keys and its own new
+# key, and writes its part of the weighted sum of values. The pairs are split into one run of
+# consecutive pairs per core, and each pair asks for the next pair's keys and values while it
+# works on its own (the cache keeps them next to each other): at 8 rows and 48 positions, 12
+# launches took 0.63 of the time they took as one task per pair, left to the hardware to fetch
+# (one process, interleaved; 0.80-0.94 without the prefetch); at 1 row, 0.93-0.99.
 #
 # Positions the mask hides (padding, cache capacity not used yet) are not read at all: their
 # weight, the exponential of a score near -1e9, would be exactly 0 in float32. So the caller can
@@ -16,8 +20,10 @@ from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import exp
 from std.memory import alloc
+from std.sys.info import num_physical_cores
+from std.sys.intrinsics import prefetch
 
-from .matvec import dot, F32, W
+from .matvec import dot, F32, W, FETCH
 
 comptime HIDDEN = Float32(-1e8)  # a mask at or below this hides its position: it is skipped
 
@@ -55,7 +61,12 @@ struct DecodeAttention[scale: Float64]:
         var mp = key_mask.unsafe_ptr()
         var d_vec = d_head // W * W
 
-        def one(task: Int) {imm}:
+        var tasks = rows * heads
+        var parts = min(num_physical_cores(), tasks)
+        var per_part = (tasks + parts - 1) // parts
+
+        @always_inline
+        def one(task: Int, next_follows: Bool) {imm}:
             var b = task // heads
             var h = task % heads
             var q = qkvp.unsafe_offset(b * 3 * width + h * d_head)
@@ -76,6 +87,9 @@ struct DecodeAttention[scale: Float64]:
             for j in range(past + 1):
                 if mask[unsafe_offset=j] <= HIDDEN:
                     continue
+                if next_follows and j < past:  # the next pair's key j
+                    for d in range(0, d_head, W):
+                        prefetch[FETCH](keys.unsafe_offset((past + j) * d_head + d))
                 var key = keys.unsafe_offset(j * d_head) if j < past else k_new
                 var s = dot(q, key, d_head) * Float32(Self.scale) + mask[unsafe_offset=j]
                 scores[unsafe_offset=j] = s
@@ -95,6 +109,9 @@ struct DecodeAttention[scale: Float64]:
                 if mask[unsafe_offset=j] <= HIDDEN:
                     continue
                 var wj = scores[unsafe_offset=j] / total
+                if next_follows and j < past:  # the next pair's value j
+                    for d in range(0, d_head, W):
+                        prefetch[FETCH](values.unsafe_offset((past + j) * d_head + d))
                 var value = values.unsafe_offset(j * d_head) if j < past else v_new
                 for d in range(0, d_vec, W):
                     out.unsafe_store(d, out.unsafe_load[width=W](d) + wj * value.unsafe_load[width=W](d))
@@ -102,4 +119,9 @@ struct DecodeAttention[scale: Float64]:
                     out[unsafe_offset=d] += wj * value[unsafe_offset=d]
             scores.unsafe_free()
 
-        sync_parallelize(one, rows * heads)
+        def run(part: Int) {imm}:
+            var end = min((part + 1) * per_part, tasks)
+            for task in range(part * per_part, end):
+                one(task, task + 1 < end)
+
+        sync_parallelize(run, parts)
