@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from max_gpt2.tokenizer import GPT2Tokenizer, TokenizerError
 PAD_BIAS = -1e9  # exp(-1e9 - max) is exactly 0 in float32; at or below the attention kernel's
 # HIDDEN (-1e8, kernels/attention.mojo), so the kernel skips those positions without reading them
 CACHE_CHUNK = 32  # cache capacity is a multiple of this (or n_positions)
+SPARE_LIMIT = 512 * 2**20  # bytes of keys and values a model keeps between generations, at most
 
 
 class GenerationError(GPT2Error):
@@ -93,7 +95,8 @@ class GPT2:
         self._logits_graph = None
         self._step_graph = None
         self._decode_graph = None
-        self._spare: _Cache | None = None  # the last finished generation's cache memory, on a CPU
+        self._spare: _Cache | None = None  # a finished generation's cache memory, on a CPU
+        self._spare_lock = threading.Lock()  # generations in other threads never take the same
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -246,7 +249,7 @@ class GPT2:
 
         On a CPU the model keeps the cache memory of a finished generation for the next one of
         the same batch size (see `_reserve`): one cache, as large as the largest generation at
-        the latest batch size.
+        the latest batch size, and never more than SPARE_LIMIT bytes (512 MiB).
         """
         sampling = sampling or Sampling()
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
@@ -277,6 +280,7 @@ class GPT2:
                 if cache.length + 1 >= n_ctx:  # the token after this one would have no position
                     if not sliding_window:
                         return
+                    self._lend(cache)  # the new prefill needs only the tokens: it may reuse this
                     logits, cache = self._prefill([h[-(n_ctx // 2):] for h in history], max_new_tokens - step - 1)
                 else:
                     logits, cache = self._decode(nxt, cache)
@@ -349,11 +353,12 @@ class GPT2:
         # (median of 6 interleaved pairs). Whatever the old cache left in its memory is masked,
         # and our attention kernel does not read masked positions.
         if cache.k is None and self._on_cpu:
-            spare, self._spare = self._spare, None
-            if spare is not None and spare.k.shape[:3] == shape[:3] and spare.k.shape[3] >= capacity:
-                cache.k, cache.v, cache.k_tensor, cache.v_tensor = spare.k, spare.v, spare.k_tensor, spare.v_tensor
-                return
-            self._spare = spare  # too small, or for another batch size: kept for a later one
+            with self._spare_lock:
+                spare = self._spare
+                if spare is not None and spare.k.shape[:3] == shape[:3] and spare.k.shape[3] >= capacity:
+                    self._spare = None
+                    cache.k, cache.v, cache.k_tensor, cache.v_tensor = spare.k, spare.v, spare.k_tensor, spare.v_tensor
+                    return
         k, v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         if cache.k is not None:
             k[:, :, :, :cache.k.shape[3]] = cache.k
@@ -364,11 +369,14 @@ class GPT2:
 
     def _lend(self, cache: _Cache) -> None:
         """Keeps a finished generation's cache memory for the next generation (on a CPU): the
-        larger of it and the one kept, for the same batch size; else the latest."""
-        spare = self._spare
-        if self._on_cpu and (spare is None or spare.k.shape[:3] != cache.k.shape[:3]
-                             or spare.k.shape[3] <= cache.k.shape[3]):
-            self._spare = cache
+        larger of it and the one kept, for the same batch size; else the latest; none larger
+        than SPARE_LIMIT."""
+        if not self._on_cpu or cache.k.nbytes + cache.v.nbytes > SPARE_LIMIT:
+            return
+        with self._spare_lock:
+            spare = self._spare
+            if spare is None or spare.k.shape[:3] != cache.k.shape[:3] or spare.k.shape[3] <= cache.k.shape[3]:
+                self._spare = cache
 
     @property
     def _on_cpu(self) -> bool:

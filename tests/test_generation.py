@@ -50,6 +50,7 @@ def test_batch_text_equals_single_text(hub):
 def test_decode_logits_equal_a_full_recompute_at_every_step(hub, batch, monkeypatch):
     model = hub.model
     monkeypatch.setattr(engine, "CACHE_CHUNK", 4)  # the cache grows (is copied) every 4 steps here
+    monkeypatch.setattr(model, "_spare", None)  # and is new, not an earlier generation's memory
     # The decode kernels take eight rows at a time, or four, then one.
     more = ["Once upon a time", "In 1969, the first", "Dear Sir,", "Chapter 1", "It was a dark and stormy",
             "import numpy as np", "Q: What is 2 + 2?\nA:"]
@@ -131,6 +132,18 @@ def test_the_kept_cache_memory_is_the_largest_at_the_latest_batch_size(hub, monk
     assert model._spare.k is kept and kept.shape[3] >= 60
     ours_greedy(model, rows * 2, 2)  # another batch size
     assert model._spare.k.shape[1] == 2
+
+
+def test_no_cache_memory_over_the_limit_is_kept(hub, monkeypatch):
+    model = hub.model
+    monkeypatch.setattr(model, "_spare", None)
+    rows = [model.tokenizer.encode(PROMPTS[1])]
+    ours_greedy(model, rows, 2)
+    kept = model._spare.k.nbytes + model._spare.v.nbytes
+    monkeypatch.setattr(model, "_spare", None)
+    monkeypatch.setattr(engine, "SPARE_LIMIT", kept - 1)
+    ours_greedy(model, rows, 2)
+    assert model._spare is None
 
 
 def test_sampling_is_reproducible_with_a_seed_and_varies_without(hub):

@@ -94,8 +94,8 @@ def test_matvec_equals_numpy(graphs, weights, rows):
 
 
 def test_decode_attention_equals_numpy():
-    # 9 (row, head) pairs: unequal runs of pairs on 2 cores. Head size 20: a 16-lane vector and 4
-    # left over.
+    # 9 (row, head) pairs: runs of unequal length on 2 to 8 cores. Head size 20: a 16-lane vector
+    # and 4 left over.
     rows, heads, past, d = 3, 3, 5, 20
     scale = 0.3
     rng = np.random.default_rng(0)

@@ -62,6 +62,8 @@ struct DecodeAttention[scale: Float64]:
         var d_vec = d_head // W * W
 
         var tasks = rows * heads
+        if tasks == 0:
+            return
         var parts = min(num_physical_cores(), tasks)
         var per_part = (tasks + parts - 1) // parts
 
