@@ -129,9 +129,9 @@ def matvec[gelu: Bool](
         var n = task * per_task
         # Four rows of w against eight rows of x at a time (32 sums), or against four (16 sums)
         # for batches of four to seven rows, so that each load of w feeds eight or four
-        # multiply-adds. At 8 rows, four rows of w took the blocks' projections 13-15% below
-        # two rows of w, three rows 12-15%, five 2-11%, six or more were slower (one process,
-        # interleaved).
+        # multiply-adds. At 8 rows, four rows of w took the blocks' projections 11-21% below
+        # two rows of w (four runs, one process, interleaved), three rows 12-15%, five 11%, six
+        # 2%; eight were 30% slower.
         if m_rows >= 8:
             n = tiles[4, 8, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
         elif m_rows >= 4:
