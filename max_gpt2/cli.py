@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import threading
-import time
 
 from max_gpt2.errors import GPT2Error
+from max_gpt2.progress import Status
 
 COMMANDS = ("chat", "generate", "verify", "bench")
 
@@ -141,44 +139,6 @@ def _run_verify(args) -> int:
     from max_gpt2.verify import verify
 
     return verify(load(args))
-
-
-class Status:
-    """Progress lines on stderr. While something slow runs (a compile), a terminal shows a
-    ticking clock, so a first run never looks frozen."""
-
-    def __init__(self, stream=None) -> None:
-        self.stream = stream or sys.stderr
-        self._stop: threading.Event | None = None
-        self._ticker: threading.Thread | None = None
-
-    def __call__(self, message: str) -> None:
-        self._end_ticker()
-        if message.startswith("compiling") and self.stream.isatty():
-            self._stop = threading.Event()
-            self._ticker = threading.Thread(target=self._tick, args=(message, self._stop), daemon=True)
-            self._ticker.start()
-        else:
-            print(f"· {message}", file=self.stream, flush=True)
-
-    def _tick(self, message: str, stop: threading.Event) -> None:
-        start = time.monotonic()
-        width = shutil.get_terminal_size().columns - 12  # room for the clock; a wrapped line would not redraw
-        if len(message) > width:
-            message = message[: width - 1] + "…"
-        while True:
-            self.stream.write(f"\r\x1b[2K· {message} {time.monotonic() - start:.0f}s")
-            self.stream.flush()
-            if stop.wait(1.0):
-                break
-        self.stream.write("\n")
-        self.stream.flush()
-
-    def _end_ticker(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
-            self._ticker.join()
-            self._stop = self._ticker = None
 
 
 def _version() -> str:

@@ -11,16 +11,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from max_gpt2.errors import GPT2Error
+from max_gpt2.errors import ConfigError
 
 # The activation names transformers' GPT-2 accepts, grouped by the function they compute.
 # GPT-2 itself uses "gelu_new": the tanh approximation of GELU.
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_python_tanh")
 ACTIVATIONS = (*TANH_GELU, "gelu", "relu", "silu", "swish")
 
-
-class ConfigError(GPT2Error):
-    """A configuration this implementation cannot run."""
 
 
 @dataclass

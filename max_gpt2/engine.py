@@ -28,7 +28,8 @@ import numpy as np
 
 from max_gpt2 import weights as ckpt
 from max_gpt2.config import GPT2Config
-from max_gpt2.errors import GPT2Error
+from max_gpt2.errors import GenerationError, GPT2Error
+from max_gpt2.progress import Waiting
 from max_gpt2.model import GPT2Decode, GPT2LMHeadModel, GPT2Step
 from max_gpt2.sampling import Sampling
 from max_gpt2.tokenizer import GPT2Tokenizer, TokenizerError
@@ -39,9 +40,6 @@ PAD_BIAS = -1e9  # exp(-1e9 - max) is exactly 0 in float32; at or below the atte
 CACHE_CHUNK = 32  # cache capacity is a multiple of this (or n_positions)
 SPARE_LIMIT = 512 * 2**20  # bytes of keys and values a model keeps between generations, at most
 
-
-class GenerationError(GPT2Error):
-    pass
 
 
 @dataclass
@@ -147,7 +145,7 @@ class GPT2:
         from max.experimental.tensor import default_device, default_dtype
 
         label = {GPT2LMHeadModel: "logits", GPT2Step: "prefill", GPT2Decode: "decode"}[module_cls]
-        self._say(f"compiling the {label} graph (a new model size takes a minute or more)")
+        self._say(Waiting(f"compiling the {label} graph (a new model size takes a minute or more)"))
         start = time.perf_counter()
         with F.lazy(), default_device(self._device), default_dtype(DType.float32):
             module = module_cls(self.config, **options)

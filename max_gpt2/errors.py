@@ -1,8 +1,33 @@
-"""The one exception type users see: its message is a sentence that says what to fix."""
+"""Every error users see, in one place: each message is a sentence that says what to fix.
+
+The command line prints a `GPT2Error` as one line and exits non-zero, without a traceback;
+anything else escaping is a bug.
+"""
 
 
 class GPT2Error(Exception):
-    """An error caused by the user's input (a path, a checkpoint, an option), not a bug.
+    """An error caused by the user's input (a path, a checkpoint, an option), not a bug."""
 
-    The command line prints its message as one line and exits non-zero, without a traceback.
-    """
+
+class ConfigError(GPT2Error):
+    """A configuration this implementation cannot run."""
+
+
+class CheckpointError(GPT2Error):
+    """A checkpoint that cannot be found, read, or loaded into GPT-2."""
+
+
+class TokenizerError(GPT2Error):
+    """Tokenizer files that are missing or unreadable."""
+
+
+class SettingsError(GPT2Error):
+    """A sampling or generation setting out of range."""
+
+
+class GenerationError(GPT2Error):
+    """Input to the model that it cannot run: token ids, prompt lengths, the context limit."""
+
+
+class KernelBuildError(GPT2Error):
+    """Our Mojo kernels did not build; the message carries the compiler's output."""

@@ -10,11 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from max_gpt2.errors import GPT2Error
+from max_gpt2.errors import SettingsError
 
-
-class SettingsError(GPT2Error):
-    pass
 
 
 @dataclass

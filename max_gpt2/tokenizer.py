@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from max_gpt2.errors import GPT2Error
+from max_gpt2.errors import TokenizerError
 
 EOS = "<|endoftext|>"
 
-
-class TokenizerError(GPT2Error):
-    pass
 
 
 class GPT2Tokenizer:

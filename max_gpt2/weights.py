@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from max_gpt2.config import GPT2Config
-from max_gpt2.errors import GPT2Error
+from max_gpt2.errors import CheckpointError
 
 CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 BUFFERS = (".attn.bias", ".attn.masked_bias")  # not "c_attn.bias", a real weight
@@ -40,9 +40,6 @@ PREFIX = "transformer."
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
-
-class CheckpointError(GPT2Error):
-    """A checkpoint that cannot be found, read, or loaded into GPT-2."""
 
 
 @dataclass
