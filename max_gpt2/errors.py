@@ -31,3 +31,7 @@ class GenerationError(GPT2Error):
 
 class KernelBuildError(GPT2Error):
     """Our Mojo kernels did not build; the message carries the compiler's output."""
+
+
+class AssumedConfigWarning(UserWarning):
+    """A config value guessed, not read (a head count from GPT-2's head size of 64): the model may be wrong."""

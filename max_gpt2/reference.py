@@ -132,22 +132,20 @@ def load_reference(folder: str | Path | None, config: GPT2Config | None = None, 
     """transformers' GPT2LMHeadModel for the same weights.
 
     A checkpoint folder (or a resolved Hub snapshot) is read by transformers' own
-    `from_pretrained`; bare tensors (a single file, a state dict) with `config` are given to
-    `load_state_dict` under transformers' names.
+    `from_pretrained`; bare tensors (a single file, a state dict, any format `weights.resolve`
+    reads) with `config` are put into transformers' layout as `max-gpt2 convert` writes it.
     """
     import torch
     from transformers import GPT2LMHeadModel
+
+    from max_gpt2.checkpoints.huggingface import to_hf
+    from max_gpt2.weights import adapt
 
     quiet()
     if folder is not None:
         return GPT2LMHeadModel.from_pretrained(Path(folder), local_files_only=True).eval()
     model = GPT2LMHeadModel(hf_config(config)).eval()
-    named = {}
-    for k, v in (tensors or {}).items():
-        if k.endswith((".attn.bias", ".attn.masked_bias")):
-            continue
-        name = k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k
-        named[name] = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+    named = {k: torch.from_numpy(v) for k, v in to_hf(adapt(tensors or {}, config), config).items()}
     missing, unexpected = model.load_state_dict(named, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
     if missing or unexpected:

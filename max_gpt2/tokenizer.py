@@ -46,8 +46,10 @@ class GPT2Tokenizer:
                 return cls(Tokenizer.from_file(str(folder / "tokenizer.json")))
             except Exception as e:
                 raise TokenizerError(f"cannot read {folder / 'tokenizer.json'}: {e}") from None
-        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            return cls.from_files(folder / "vocab.json", folder / "merges.txt")
+        # OpenAI's release names the same two files encoder.json and vocab.bpe.
+        for vocab, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+            if (folder / vocab).is_file() and (folder / merges).is_file():
+                return cls.from_files(folder / vocab, folder / merges)
         raise TokenizerError(
             f"no tokenizer in {folder}: it needs tokenizer.json, or vocab.json and merges.txt "
             "(or pass --tokenizer with a folder that has them)"

@@ -1,7 +1,7 @@
 """`max-gpt2 verify`: proof that a checkpoint runs in MAX exactly as in transformers.
 
-Loads the same weights into transformers' GPT2LMHeadModel (by transformers' own loading code)
-and compares: parameter count, max |logit difference| over a batch of several lengths, greedy
+Loads the same weights into transformers' GPT2LMHeadModel (by transformers' own loading code for
+a Hugging Face folder; for any other format, as `max-gpt2 convert` writes them) and compares: parameter count, max |logit difference| over a batch of several lengths, greedy
 continuations token for token, and the loss on a fixed English sentence (3-4 nats per token
 for trained GPT-2; about ln(vocab) ~ 10.8 for random weights).
 """
@@ -28,7 +28,7 @@ def verify(model, out=None) -> int:
     out = out or sys.stdout
     try:
         from max_gpt2 import reference
-        from max_gpt2.weights import read_tensors
+        from max_gpt2.weights import resolve
     except ImportError:
         raise GPT2Error("verify compares against transformers: pip install 'max-gpt2[reference]'") from None
     try:
@@ -39,10 +39,11 @@ def verify(model, out=None) -> int:
 
     if model.path is None:
         raise GPT2Error("verify needs a checkpoint on disk; this model was loaded from memory")
-    if model.path.is_dir():  # transformers reads the folder its own way
+    found = resolve(model.path, model.config)
+    if found.format == "huggingface" and model.path.is_dir():  # transformers reads the folder its own way
         ref = reference.load_reference(model.path)
-    else:
-        ref = reference.load_reference(None, model.config, read_tensors(model.path))
+    else:  # transformers reads no other format: it gets the weights in its layout, as `convert` writes them
+        ref = reference.load_reference(None, found.config, found.tensors)
     source = model.source
 
     rows: list[tuple[str, str, bool]] = []

@@ -1,23 +1,18 @@
-"""From a checkpoint, wherever it is, to the state dict our modules load.
+"""From a checkpoint, wherever it is and whoever wrote it, to the state dict our modules load.
 
 Three steps, each a plain function:
-1. `resolve`: a Hub id, a folder, a `.safetensors` / `pytorch_model.bin` file, or an in-memory
-   state dict becomes a `Checkpoint`: its config, its raw tensors, and where its tokenizer is.
-2. `adapt`: the raw tensors become our parameter names and orientation (pure; see below).
+1. `resolve`: a Hub id, a folder, a file, or an in-memory state dict becomes a `Checkpoint`:
+   its format, its config (and where each value came from), its raw tensors under their
+   stored names, and where its tokenizer is.
+2. `adapt`: the raw tensors become our parameter names and orientation (pure: the format's
+   `plan`, see max_gpt2/checkpoints/, applied).
 3. `check`: every parameter filled with the right shape, every tensor used, or one error that
    says what is wrong.
 
-The facts about GPT-2's checkpoints live here, once:
-- OpenAI's projections are Conv1D layers, stored [in, out]. MAX's Linear computes x @ W.T and
-  wants [out, in], so exactly the c_attn, c_proj and c_fc weights are transposed. Two of them
-  (attn.c_proj, and c_fc/c_proj when n_inner == n_embd) are square, so a forgotten transpose
-  still loads; only numbers show it (tests/test_parity.py).
-- `save_pretrained` prefixes keys with `transformer.`; the Hub's own openai-community/gpt2
-  files do not.
-- `h.N.attn.bias` and `h.N.attn.masked_bias` are the causal mask stored as buffers, not weights:
-  skipped.
-- The LM head is tied to wte; checkpoints usually omit lm_head.weight. An untied checkpoint
-  (`tie_word_embeddings: false`) must carry its own.
+The formats (max_gpt2/checkpoints/): Hugging Face's (the Hub's model.safetensors,
+save_pretrained's folder, pytorch_model.bin), OpenAI's TensorFlow release folder, the
+LLMs-from-scratch `.pth`, nanoGPT's `ckpt.pt`. A folder is recognised by its files, a file by
+its keys and structure.
 """
 
 from __future__ import annotations
@@ -25,43 +20,57 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from max_gpt2.checkpoints import formats_we_read, huggingface, llms_from_scratch, nanogpt, openai_tf, tensor_bundle
+from max_gpt2.checkpoints.huggingface import TOKENIZER_FILES, WEIGHT_FILES
+from max_gpt2.checkpoints.mapping import PREFIX, Move, apply, conv1d_weights, names
 from max_gpt2.config import GPT2Config
-from max_gpt2.errors import CheckpointError
+from max_gpt2.errors import AssumedConfigWarning, CheckpointError
 
-CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
-BUFFERS = (".attn.bias", ".attn.masked_bias")  # not "c_attn.bias", a real weight
-PREFIX = "transformer."
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+FORMATS = {"huggingface": huggingface, "openai_tf": openai_tf, "llms_from_scratch": llms_from_scratch, "nanogpt": nanogpt}
+TORCH_FILES = (".bin", ".pt", ".pth", ".ckpt")
 
+
+class Stored(dict):
+    """A checkpoint's tensors under their stored names, and the format those names belong to."""
+
+    def __init__(self, tensors: Mapping, format: str) -> None:
+        super().__init__(tensors)
+        self.format = format
 
 
 @dataclass
 class Checkpoint:
     config: GPT2Config
-    tensors: dict[str, np.ndarray]  # as stored: checkpoint names, Conv1D orientation
+    tensors: Stored  # as stored: the format's names and orientation
     source: str  # what the user named, for messages
     path: Path | None = None  # the local folder or file it was read from (None: in memory)
     folder: Path | None = None  # where tokenizer files may be
     notes: list[str] = field(default_factory=list)  # things worth telling the user
+    origin: dict[str, str] = field(default_factory=dict)  # config field -> where its value came from
+
+    @property
+    def format(self) -> str:
+        return self.tensors.format
 
 
 # --- 1. resolve -------------------------------------------------------------------------------
 
 
-def resolve(source, config: GPT2Config | Mapping | None = None, revision: str | None = None) -> Checkpoint:
-    """Finds and reads a checkpoint. `config` overrides (or, for bare weights, supplies) config.json."""
+def resolve(source, config: GPT2Config | Mapping | str | os.PathLike | None = None, revision: str | None = None) -> Checkpoint:
+    """Finds and reads a checkpoint. `config` (a GPT2Config, a dict, or a config.json path)
+    overrides the checkpoint's own config, or supplies one to bare weights."""
     if isinstance(source, Mapping):
-        if config is None:
-            raise CheckpointError("an in-memory state dict needs config=: pass the model's config")
-        return Checkpoint(_as_config(config), {k: to_numpy(v) for k, v in source.items()}, "state_dict")
+        return _from_memory(source, config)
     path = Path(os.fspath(source)).expanduser()
+    if not path.exists() and Path(f"{path}.index").is_file():  # a TensorFlow prefix, "…/model.ckpt"
+        return _read_tf(path, config, str(source))
     if path.exists():
         return _read_local(path, config)
     text = os.fspath(source)
@@ -70,52 +79,106 @@ def resolve(source, config: GPT2Config | Mapping | None = None, revision: str | 
     raise CheckpointError(f"no such file or folder: {text}")
 
 
+def _from_memory(source: Mapping, config) -> Checkpoint:
+    # Owned copies: the caller's tensors (a torch model's state_dict() shares its parameters'
+    # memory) may change before our graphs are compiled from them.
+    fmt, raw = _detect(source, "the state dict")
+    tensors = {k: np.array(to_numpy(v), copy=True) for k, v in raw.items()}
+    if fmt == "nanogpt":
+        found, origin = nanogpt.config(source["model_args"])
+    elif fmt == "llms_from_scratch":
+        found, origin = llms_from_scratch.config(tensors)
+    else:
+        if config is None:
+            raise CheckpointError("an in-memory state dict needs config=: pass the model's config")
+        found, origin = None, {}
+    return _finish(Checkpoint(found, Stored(tensors, fmt), "state_dict", origin=origin), config)
+
+
 def _read_local(path: Path, config, source: str | None = None) -> Checkpoint:
     source = source or str(path)
     folder = path if path.is_dir() else path.parent
     if path.is_dir():
+        if openai_tf.matches_folder(path) and not any((path / n).is_file() for n in WEIGHT_FILES):
+            return _read_tf(openai_tf.prefix_in(path), config, source)
         weights = _weights_in(path)
-    elif path.suffix == ".safetensors" or path.name.endswith(".safetensors.index.json"):
-        weights = path
-    elif path.suffix in (".bin", ".pt", ".pth"):
-        weights = path
     elif path.name == "config.json":
         return _read_local(folder, config, source)
+    elif path.name.endswith(".index") or path.name == "hparams.json":
+        return _read_tf(openai_tf.prefix_in(folder) if path.name == "hparams.json" else path.with_suffix(""), config, source)
+    elif path.suffix in (".safetensors", *TORCH_FILES) or path.name.endswith(".safetensors.index.json"):
+        weights = path
     else:
-        raise CheckpointError(
-            f"{path} is not a checkpoint: give a folder, a .safetensors file or a pytorch_model.bin"
-        )
-    tensors = read_tensors(weights)
-    notes = []
+        raise CheckpointError(f"{path} is not a checkpoint max-gpt2 reads; it reads: {formats_we_read()}")
+    raw = read_tensors(weights) if weights.suffix not in TORCH_FILES else _load_torch(weights)
+    fmt, tensors = _detect(raw, str(weights))
+    found = Checkpoint(None, Stored(tensors, fmt), source, path, folder)
+    if fmt == "nanogpt":
+        found.config, found.origin = nanogpt.config(raw["model_args"])
+    elif fmt == "llms_from_scratch":
+        found.config, found.origin = llms_from_scratch.config(tensors)
+    elif config is None and (folder / "config.json").is_file():
+        found.config = GPT2Config.from_json(folder / "config.json")
+        found.origin = {name: "config.json" for name in found.config.to_dict()}
+    elif config is None:
+        found.config, found.origin = huggingface.infer_config(tensors)
+    return _finish(found, config)
+
+
+def _read_tf(prefix: Path, config, source: str) -> Checkpoint:
+    tensors = tensor_bundle.read(prefix)
+    found = Checkpoint(None, Stored(tensors, "openai_tf"), source, prefix.parent, prefix.parent)
+    found.config, found.origin = openai_tf.config(prefix.parent)
+    return _finish(found, config)
+
+
+def _finish(found: Checkpoint, config) -> Checkpoint:
+    """`config=` wins; otherwise a value that was only assumed is said out loud, as a warning."""
     if config is not None:
-        config = _as_config(config)
-    elif (folder / "config.json").is_file():
-        config = GPT2Config.from_json(folder / "config.json")
-    else:
-        config = infer_config(tensors)
-        notes.append(
-            f"no config.json beside {weights.name}: assumed n_head={config.n_head} (head size 64) "
-            "and the rest from the tensor shapes"
-        )
-    return Checkpoint(config, tensors, source, path, folder, notes)
+        found.config = _as_config(config)
+        found.origin = {name: "config=" for name in found.config.to_dict()}
+    assumed = [name for name, where in found.origin.items() if where.startswith("assumed")]
+    if assumed:
+        where = found.path.name if found.path else "this state dict"
+        warnings.warn(AssumedConfigWarning(
+            f"no config.json for {where}: assumed n_head={found.config.n_head} (GPT-2's heads are 64 wide) "
+            "and the rest from the tensor shapes; pass config= (or --config) if that is wrong"), stacklevel=3)
+    return found
+
+
+def _detect(raw, where: str) -> tuple[str, dict]:
+    """The format of a loaded file or state dict, from its structure and keys."""
+    if nanogpt.matches_file(raw):
+        return "nanogpt", nanogpt.unwrap(raw)
+    if isinstance(raw, Mapping) and "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
+        raw = raw["state_dict"]
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{where} holds a {type(raw).__name__}, not a state dict of tensors")
+    keys = set(raw)
+    for fmt in ("llms_from_scratch", "openai_tf", "huggingface"):
+        if FORMATS[fmt].matches(keys):
+            return fmt, dict(raw)
+    shown = names(sorted(map(str, keys)), 4) or "nothing"
+    raise CheckpointError(f"{where} is not a GPT-2 checkpoint max-gpt2 reads (it holds {shown}); "
+                          f"it reads: {formats_we_read()}")
 
 
 def _weights_in(folder: Path) -> Path:
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
-    found = sorted(p.name for p in folder.glob("*.safetensors")) + sorted(p.name for p in folder.glob("*.bin"))
+    found = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", *TORCH_FILES))
     if len(found) == 1:
         return folder / found[0]
     raise CheckpointError(
         f"no weights in {folder}: expected model.safetensors or pytorch_model.bin"
-        + (f" (found {', '.join(found)})" if found else "")
+        + (f" (found {', '.join(found)}: name one)" if found else f"; max-gpt2 reads: {formats_we_read()}")
     )
 
 
 def _looks_like_hub_id(text: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", text) is not None and not text.endswith(
-        (".safetensors", ".bin", ".json")
+        (".safetensors", ".bin", ".json", *TORCH_FILES)
     )
 
 
@@ -142,14 +205,29 @@ def download(repo_id: str, revision: str | None = None) -> Path:
                 "check the name, or give a local path"
             ) from None
         raise CheckpointError(f"could not download {repo_id!r}: {_first_line(e)}") from None
-    except Exception as e:  # offline, no network, a cache miss: all say the same to the user
-        if type(e).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or isinstance(e, OSError):
+    except Exception as e:
+        if _unreachable(e):
             raise CheckpointError(
                 f"{repo_id!r} is not in the Hugging Face cache and cannot be downloaded "
                 f"({'HF_HUB_OFFLINE is set' if _offline() else 'the Hub is unreachable'}); "
                 "download it once with network access, or give a local checkpoint path"
             ) from None
+        if isinstance(e, OSError):  # the disk, not the network: a full disk, a cache folder we may not write
+            where = f" ({e.filename})" if e.filename else ""
+            raise CheckpointError(f"could not download {repo_id!r} into the Hugging Face cache: "
+                                  f"{e.strerror or _first_line(e)}{where}; check HF_HOME's disk") from None
         raise
+
+
+def _unreachable(e: BaseException) -> bool:
+    """A failure to reach the Hub (no network, offline mode), as huggingface_hub and its HTTP client say it."""
+    kind = type(e)
+    if kind.__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
+        return True
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    return kind.__module__.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3") and any(
+        w in kind.__name__ for w in ("Connect", "Timeout", "Network", "Proxy"))
 
 
 def _offline() -> bool:
@@ -161,7 +239,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def read_tensors(path: Path) -> dict[str, np.ndarray]:
-    """Reads every tensor of a .safetensors file (or sharded index) or a pytorch_model.bin."""
+    """Reads every tensor of a .safetensors file (or sharded index) or a pickled state dict."""
     if path.name.endswith(".safetensors.index.json"):
         try:
             shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
@@ -173,13 +251,18 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
         return tensors
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    return _read_torch(path)
+    return _detect(_load_torch(path), str(path))[1]
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    if "BF16" in _safetensors_dtypes(path):  # no numpy dtype for bfloat16; torch reads it
+        from safetensors.torch import load_file as load_torch
+
+        _torch(path)
+        return {k: to_numpy(v) for k, v in load_torch(str(path)).items()}
     try:
         return load_file(str(path))
     except SafetensorError as e:
@@ -187,27 +270,32 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
             f"{path} is not a readable safetensors file ({_first_line(e)}); "
             "it may be truncated: download it again"
         ) from None
-    except TypeError:  # bfloat16 has no numpy dtype; torch reads it
-        return _read_safetensors_torch(path)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
 
 
-def _read_safetensors_torch(path: Path) -> dict[str, np.ndarray]:
-    torch = _torch(path)
-    from safetensors.torch import load_file
+def _safetensors_dtypes(path: Path) -> set[str]:
+    """The dtypes a safetensors header names (8 bytes of length, then JSON); empty if unreadable,
+    so that safetensors itself says what is wrong."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size < 100_000_000:
+                return set()
+            header = json.loads(f.read(size))
+    except (OSError, ValueError):
+        return set()
+    return {v.get("dtype") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
 
-    return {k: to_numpy(v) for k, v in load_file(str(path)).items()}
 
-
-def _read_torch(path: Path) -> dict[str, np.ndarray]:
+def _load_torch(path: Path):
     torch = _torch(path)
     import pickle
 
     try:
         # weights_only=True: the unpickler accepts tensors and plain containers and refuses any
         # other object, so a malicious file cannot run code here.
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refused to load {path}: it holds Python objects other than tensors, which could run "
@@ -216,11 +304,6 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(e)})") from None
-    if isinstance(raw, Mapping) and "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
-        raw = raw["state_dict"]
-    if not isinstance(raw, Mapping):
-        raise CheckpointError(f"{path} holds a {type(raw).__name__}, not a state dict of tensors")
-    return {k: to_numpy(v) for k, v in raw.items()}
 
 
 def _torch(path: Path):
@@ -248,52 +331,36 @@ def to_numpy(value) -> np.ndarray:
 def _as_config(config) -> GPT2Config:
     if isinstance(config, GPT2Config):
         return config
+    if isinstance(config, (str, os.PathLike)):
+        return GPT2Config.from_json(config)
     if isinstance(config, Mapping):
         return GPT2Config.from_dict(dict(config))
     if hasattr(config, "to_dict"):  # a transformers GPT2Config
         return GPT2Config.from_dict(config.to_dict())
-    raise CheckpointError(f"config= must be a GPT2Config or a dict, not {type(config).__name__}")
+    raise CheckpointError(f"config= must be a GPT2Config, a dict or a config.json path, not {type(config).__name__}")
 
 
 def infer_config(tensors: Mapping[str, np.ndarray]) -> GPT2Config:
-    """A config from the tensor shapes alone, for bare weight files; heads are assumed 64 wide."""
-    names = {k.removeprefix(PREFIX): v for k, v in tensors.items()}
-    try:
-        vocab_size, n_embd = names["wte.weight"].shape
-        n_positions = names["wpe.weight"].shape[0]
-        n_layer = 1 + max(int(m.group(1)) for k in names if (m := re.match(r"h\.(\d+)\.", k)))
-        n_inner = names["h.0.mlp.c_fc.weight"].shape[1]
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(
-            f"cannot tell the model's size from these weights (no {e}); put its config.json beside them"
-        ) from None
-    return GPT2Config(
-        vocab_size=int(vocab_size),
-        n_positions=int(n_positions),
-        n_embd=int(n_embd),
-        n_layer=n_layer,
-        n_head=max(1, int(n_embd) // 64),
-        n_inner=None if n_inner == 4 * n_embd else int(n_inner),
-        tie_word_embeddings="lm_head.weight" not in names,
-    )
+    """A config from a Hugging Face state dict's shapes alone; heads are assumed 64 wide."""
+    return huggingface.infer_config(tensors)[0]
 
 
 # --- 2. adapt ---------------------------------------------------------------------------------
 
 
-def adapt(tensors: Mapping[str, np.ndarray], config: GPT2Config) -> dict[str, np.ndarray]:
-    """Checkpoint tensors -> our parameter names and orientation, float32 and contiguous."""
-    state: dict[str, np.ndarray] = {}
-    for key, value in tensors.items():
-        name = key if key.startswith(PREFIX) or key.startswith("lm_head.") else PREFIX + key
-        if name.endswith(BUFFERS):
-            continue  # the causal mask, stored as a buffer
-        if name == "lm_head.weight" and config.tie_word_embeddings:
-            continue  # the same matrix as wte
-        if name.endswith(CONV1D) and value.ndim == 2:
-            value = value.T  # Conv1D [in, out] -> Linear [out, in]
-        state[name] = np.ascontiguousarray(value, dtype=np.float32)
-    return state
+def plan(tensors: Mapping[str, np.ndarray], config: GPT2Config, format: str | None = None) -> list[Move]:
+    """The format's mapping from stored tensors to ours, one `Move` each (for `inspect` and `adapt`)."""
+    format = format or getattr(tensors, "format", None) or _detect(tensors, "the state dict")[0]
+    return FORMATS[format].plan(tensors, config)
+
+
+def adapt(tensors: Mapping[str, np.ndarray], config: GPT2Config, format: str | None = None) -> dict[str, np.ndarray]:
+    """Checkpoint tensors -> our parameter names and orientation, float32 and contiguous.
+
+    The format is `tensors.format` when `resolve` made them, else told by their keys."""
+    format = format or getattr(tensors, "format", None) or _detect(tensors, "the state dict")[0]
+    module = FORMATS[format]
+    return apply(module.plan(tensors, config), tensors, module.NAME)
 
 
 # --- 3. check ---------------------------------------------------------------------------------
@@ -306,9 +373,9 @@ def check(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing {_names(missing)}")
+            parts.append(f"missing {names(missing)}")
         if unexpected:
-            parts.append(f"unexpected {_names(unexpected)}")
+            parts.append(f"unexpected {names(unexpected)}")
         hint = ""
         if "lm_head.weight" in missing:
             hint = " (config says tie_word_embeddings=false, so the checkpoint must carry lm_head.weight)"
@@ -318,7 +385,7 @@ def check(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...
     for name, shape in expected.items():
         got, want = tuple(state[name].shape), tuple(shape)
         if got != want:
-            if name.endswith(CONV1D):  # speak of the checkpoint's own orientation
+            if name.endswith(conv1d_weights()):  # speak of the checkpoint's own orientation
                 got, want = got[::-1], want[::-1]
             raise CheckpointError(
                 f"{source}: {name.removeprefix(PREFIX)} is {list(got)} but the model expects "
@@ -326,14 +393,9 @@ def check(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...
             )
 
 
-def _names(names: list[str], most: int = 6) -> str:
-    shown = ", ".join(names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
-
-
 def _cause(name: str, got: tuple, want: tuple, config: GPT2Config) -> str:
     short = name.removeprefix(PREFIX)
-    if name.endswith(CONV1D) and got == want[::-1]:
+    if name.endswith(conv1d_weights()) and got == want[::-1]:
         return "it is stored [out, in], but GPT-2 checkpoints store Conv1D weights [in, out] (was it transposed already?)"
     if short == "wte.weight":
         return f"config says vocab_size={config.vocab_size}, n_embd={config.n_embd} but wte is {list(got)}"

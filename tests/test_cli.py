@@ -43,7 +43,7 @@ def test_verify_passes_and_says_so(hub):
 def test_verify_exits_1_when_the_loader_skips_the_c_proj_transpose(hub):
     """The sabotage verify exists for: a loader that forgets to transpose the square attn.c_proj."""
     code = (
-        "import sys, max_gpt2.weights as w; w.CONV1D = tuple(c for c in w.CONV1D if 'attn.c_proj' not in c);"
+        "import sys, max_gpt2.checkpoints.mapping as m; m.CONV1D = tuple(c for c in m.CONV1D if c != 'attn.c_proj');"
         "from max_gpt2.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     result = subprocess.run([sys.executable, "-c", code, "verify", "--model", str(hub.path)],
