@@ -1,4 +1,5 @@
-"""`max-gpt2`: chat with GPT-2 (the default), generate once, verify against transformers, benchmark.
+"""`max-gpt2`: chat with GPT-2 (the default), generate once, verify against transformers, benchmark;
+inspect a checkpoint's mapping, convert one to a Hugging Face folder.
 
 Errors caused by input (a path, a checkpoint, an option) print one line and exit 1; no traceback.
 """
@@ -6,13 +7,15 @@ Errors caused by input (a path, a checkpoint, an option) print one line and exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import warnings
 
-from max_gpt2.errors import GPT2Error
+from max_gpt2.errors import AssumedConfigWarning, GPT2Error
 from max_gpt2.progress import Status
 
-COMMANDS = ("chat", "generate", "verify", "bench")
+COMMANDS = ("chat", "generate", "verify", "inspect", "convert", "bench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +63,27 @@ def parser() -> argparse.ArgumentParser:
     _model_options(ver)
     ver.set_defaults(run=_run_verify)
 
+    ins = sub.add_parser("inspect", help="show how a checkpoint's tensors become GPT-2's parameters",
+                         description="Every stored tensor's name and shape, ours, and what happens to it (copied, "
+                                     "renamed, transposed, squeezed, fused, tied, skipped), grouped by component; then "
+                                     "the format, the config and where each value came from, the parameter count, "
+                                     "dtype and bytes. Compiles nothing.")
+    ins.add_argument("source", metavar="SOURCE", help=_SOURCE)
+    _config_option(ins)
+    ins.add_argument("--json", action="store_true", help="print the same as JSON, for scripts")
+    ins.set_defaults(run=_run_inspect)
+
+    conv = sub.add_parser("convert", help="write any checkpoint as a Hugging Face folder",
+                          description="Write SOURCE as a Hugging Face folder (config.json, model.safetensors in "
+                                      "save_pretrained's layout, the tokenizer files) that transformers' "
+                                      "GPT2LMHeadModel.from_pretrained loads.")
+    conv.add_argument("source", metavar="SOURCE", help=_SOURCE)
+    conv.add_argument("output", metavar="OUTPUT_DIR", help="the folder to write (must not exist, or be empty)")
+    _config_option(conv)
+    conv.add_argument("--tokenizer", metavar="PATH", help="a folder whose tokenizer files to copy (default: SOURCE's)")
+    conv.add_argument("--force", action="store_true", help="replace OUTPUT_DIR if it is not empty")
+    conv.set_defaults(run=_run_convert)
+
     try:
         from max_gpt2 import bench
     except ImportError:  # the benchmark's own dependencies are optional
@@ -72,13 +96,35 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+_SOURCE = ("a Hugging Face id (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, a fine-tune), a local folder, "
+           "a .safetensors / pytorch_model.bin, OpenAI's TensorFlow folder, an LLMs-from-scratch .pth, "
+           "or a nanoGPT ckpt.pt")
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="gpt2", metavar="ID_OR_PATH",
-                   help="a Hugging Face id (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, a fine-tune) "
-                        "or a local folder / .safetensors / pytorch_model.bin (default: gpt2)")
+    p.add_argument("--model", default="gpt2", metavar="ID_OR_PATH", help=_SOURCE + " (default: gpt2)")
+    _config_option(p)
     p.add_argument("--tokenizer", metavar="PATH", help="a folder with tokenizer.json or vocab.json + merges.txt "
                                                        "(default: the checkpoint's own)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run (default: cpu)")
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="PATH", help="a config.json for the weights, instead of the checkpoint's own "
+                                                    "(needed when their heads are not 64 wide and no config travels with them)")
+
+
+@contextlib.contextmanager
+def assumptions_said(status):
+    """A config value the loader had to assume (AssumedConfigWarning) becomes one progress line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AssumedConfigWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, AssumedConfigWarning):
+            status(str(w.message))
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _generation_options(p, *, temperature, top_k, top_p, max_new_tokens) -> None:
@@ -109,7 +155,9 @@ def load(args):
 
     status = Status()
     status(f"loading {args.model}")
-    model = GPT2.from_pretrained(args.model, tokenizer=args.tokenizer, device=args.device, progress=status)
+    with assumptions_said(status):
+        model = GPT2.from_pretrained(args.model, config=args.config, tokenizer=args.tokenizer, device=args.device,
+                                     progress=status)
     status(f"loaded {model.describe()}")
     return model
 
@@ -139,6 +187,24 @@ def _run_verify(args) -> int:
     from max_gpt2.verify import verify
 
     return verify(load(args))
+
+
+def _run_inspect(args) -> int:
+    from max_gpt2.inspection import describe, show
+
+    with assumptions_said(Status()):
+        info = describe(args.source, config=args.config)
+    show(info, as_json=args.json)
+    return 0
+
+
+def _run_convert(args) -> int:
+    from max_gpt2.convert import convert
+
+    status = Status()
+    with assumptions_said(status):
+        convert(args.source, args.output, config=args.config, tokenizer=args.tokenizer, force=args.force, progress=status)
+    return 0
 
 
 def _version() -> str:
