@@ -1,4 +1,5 @@
-"""Step 11 solution: loading is max_gpt2.weights (resolve, adapt, check), compiling is
+"""Step 11 solution: loading is max_gpt2.weights (resolve, adapt, check; the Hugging Face layout's
+plan in max_gpt2/checkpoints/huggingface.py), compiling is
 max_gpt2.engine.GPT2; the prompt loop uses step 10's loop.
 
 The package is this project's one implementation, so the solution is made of its pieces.
@@ -14,15 +15,18 @@ import sys
 import numpy as np
 
 from max_gpt2 import GPT2
-from max_gpt2.weights import adapt, resolve
+from max_gpt2.checkpoints.huggingface import plan
+from max_gpt2.checkpoints.mapping import apply
+from max_gpt2.weights import resolve
 
 from solution_10 import generate
 
 
 def load_weights(folder):
-    """A checkpoint -> (config, state dict in our names and orientation), by the package's loader."""
+    """A Hugging Face checkpoint -> (config, state dict in our names and orientation): the
+    package's plan for that format (names, transposes, skipped buffers, tied head), applied."""
     found = resolve(folder)
-    return found.config, adapt(found.tensors, found.config)
+    return found.config, apply(plan(found.tensors, found.config), found.tensors, "Hugging Face checkpoint")
 
 
 def compile_model(config, state):
@@ -50,9 +54,9 @@ def main(argv=None) -> None:
     if argv[:1] != ["chat"]:
         from package_source import print_source
 
-        from max_gpt2 import weights
+        from max_gpt2.checkpoints import huggingface
 
-        return print_source(weights.adapt, GPT2.logits_graph.fget, GPT2._compile)
+        return print_source(huggingface.plan, GPT2.logits_graph.fget, GPT2._compile)
     parser = argparse.ArgumentParser(prog="solution_11.py chat", description="GPT-2 on MAX, from the package's pieces.")
     parser.add_argument("checkpoint", nargs="?", default="gpt2")
     parser.add_argument("--max-new-tokens", type=int, default=40)

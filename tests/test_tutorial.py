@@ -61,9 +61,9 @@ MISTAKES = {
                                   "post-LN"),
     "untied_head": (8, lambda: _region("language_model_head"), "if not config.tie_word_embeddings:", "if True:",
                     "untied head"),
-    "c_proj_left_untransposed": (11, lambda: _function("max_gpt2.weights", "adapt"),
-                                 "if name.endswith(CONV1D) and value.ndim == 2:",
-                                 'if name.endswith(CONV1D) and value.ndim == 2 and ".attn.c_proj." not in name:',
+    "c_proj_left_untransposed": (11, lambda: _function("max_gpt2.checkpoints.huggingface", "plan"),
+                                 "elif name.endswith(conv1d_weights()) and value.ndim == 2:",
+                                 'elif name.endswith(conv1d_weights()) and value.ndim == 2 and ".attn.c_proj." not in name:',
                                  "is attn.c_proj transposed?"),
 }
 
