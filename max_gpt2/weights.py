@@ -112,6 +112,7 @@ def _read_local(path: Path, config, source: str | None = None) -> Checkpoint:
         raise CheckpointError(f"{path} is not a checkpoint max-gpt2 reads; it reads: {formats_we_read()}")
     raw = read_tensors(weights) if weights.suffix not in TORCH_FILES else _load_torch(weights)
     fmt, tensors = _detect(raw, str(weights))
+    tensors = {k: to_numpy(v) for k, v in tensors.items()}
     found = Checkpoint(None, Stored(tensors, fmt), source, path, folder)
     if fmt == "nanogpt":
         found.config, found.origin = nanogpt.config(raw["model_args"])
@@ -251,7 +252,7 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
         return tensors
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    return _detect(_load_torch(path), str(path))[1]
+    return {k: to_numpy(v) for k, v in _detect(_load_torch(path), str(path))[1].items()}
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
