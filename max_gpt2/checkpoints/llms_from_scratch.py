@@ -52,6 +52,7 @@ def config(tensors: Mapping[str, np.ndarray]) -> tuple[GPT2Config, dict[str, str
         "vocab_size": "tok_emb.weight's shape", "n_embd": "tok_emb.weight's shape",
         "n_positions": "pos_emb.weight's shape", "n_layer": "the trf_blocks.N blocks",
         "n_inner": "ff.layers.0.weight's shape", "n_head": "assumed: GPT-2's heads are 64 wide",
+        "activation_function": "the book's GELU (tanh)", "layer_norm_epsilon": "the book's LayerNorm",
         "tie_word_embeddings": "out_head.weight " + ("equals" if config.tie_word_embeddings else "differs from") + " tok_emb.weight",
     }
     return config, origin

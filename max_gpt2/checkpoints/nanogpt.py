@@ -47,7 +47,8 @@ def config(model_args: Mapping) -> tuple[GPT2Config, dict[str, str]]:
         vocab = GPT2_VOCAB
         origin["vocab_size"] = f"model_args ({PADDED_VOCAB}: GPT-2's {GPT2_VOCAB} padded; the padding dropped)"
     cfg = GPT2Config(**fields, vocab_size=vocab, activation_function="gelu")
-    origin["activation_function"] = "nanoGPT's nn.GELU() (exact)"
+    origin.update(activation_function="nanoGPT's nn.GELU() (exact)", layer_norm_epsilon="nanoGPT's LayerNorm",
+                  tie_word_embeddings="nanoGPT's weight tying (wte is lm_head)")
     return cfg, origin
 
 

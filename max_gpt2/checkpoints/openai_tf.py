@@ -62,7 +62,9 @@ def config(folder: Path) -> tuple[GPT2Config, dict[str, str]]:
     # <|endoftext|> is the last token of OpenAI's vocabulary; its tanh GELU and eps are GPT-2's defaults.
     cfg = GPT2Config(**fields, bos_token_id=fields["vocab_size"] - 1, eos_token_id=fields["vocab_size"] - 1)
     origin = {name: "hparams.json" for name in fields}
-    origin.update(bos_token_id="the last token (<|endoftext|>)", eos_token_id="the last token (<|endoftext|>)")
+    origin.update(bos_token_id="the last token (<|endoftext|>)", eos_token_id="the last token (<|endoftext|>)",
+                  activation_function="OpenAI's model.py (tanh GELU)", layer_norm_epsilon="OpenAI's model.py",
+                  tie_word_embeddings="OpenAI's model.py (the head is wte)")
     return cfg, origin
 
 
