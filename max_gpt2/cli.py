@@ -60,15 +60,12 @@ def parser() -> argparse.ArgumentParser:
     _model_options(ver)
     ver.set_defaults(run=_run_verify)
 
-    try:
-        from max_gpt2 import bench
-    except ImportError:  # the benchmark's own dependencies are optional
-        bench = None
-    if bench is not None:
-        b = sub.add_parser("bench", help="compiled MAX vs eager inference, each engine in its own process",
-                           description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-        bench.add_arguments(b)
-        b.set_defaults(run=bench.run)
+    from max_gpt2 import bench  # only its options: the benchmark itself loads when it runs
+
+    b = sub.add_parser("bench", help="compiled MAX vs eager inference, each engine in its own process",
+                       description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_arguments(b)
+    b.set_defaults(run=bench.run)
     return p
 
 

@@ -1,0 +1,233 @@
+"""The engines bench compares, each behind the same three calls (compile, prefill, generate),
+and the workloads every engine runs through them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from max_gpt2.bench.arguments import DECODE_PROMPT
+
+
+def _timed(tokens: Iterator[np.ndarray]) -> tuple[list[list[int]], list[float]]:
+    """Drains a generator of [batch] token arrays: the tokens [batch][n], and when each step's came."""
+    steps, stamps = [], []
+    for t in tokens:
+        stamps.append(time.perf_counter())
+        steps.append([int(x) for x in np.asarray(t).reshape(-1)])
+    return [list(row) for row in zip(*steps)], stamps
+
+
+class Engine:
+    """The workloads, the same for every engine; each engine supplies prefill, generate and compile.
+    An eager engine (no compiled graph) gets one try of each and no warm-up: minutes a forward."""
+
+    compiled_graph = True
+
+    def run(self, task: dict) -> dict:
+        """One workload task from the bench: its name, token ids and length."""
+        return getattr(self, "task_" + task["task"])(np.array(task["ids"]), task.get("n"))
+
+    def task_prefill(self, ids: np.ndarray, _) -> dict:
+        if self.compiled_graph:
+            self.prefill(ids)  # warm-up: first-call allocations, torch.compile's per-shape compile
+        times = []
+        for _ in range(3 if self.compiled_graph else 1):
+            start = time.perf_counter()
+            self.prefill(ids)
+            times.append(time.perf_counter() - start)
+        return {"ms": float(np.median(times)) * 1e3}
+
+    def task_decode(self, ids: np.ndarray, n: int) -> dict:
+        if self.compiled_graph:
+            self.generate(ids, 2)  # warm-up of the decode path
+        start = time.perf_counter()
+        tokens, stamps = self.generate(ids, n)
+        return {"ttft_ms": (stamps[0] - start) * 1e3, "tokens_per_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
+                "tokens": tokens}
+
+    def task_batch(self, ids: np.ndarray, n: int) -> dict:
+        if self.compiled_graph:
+            self.generate(ids, 2)  # warm-up at this batch size
+        start = time.perf_counter()
+        tokens, stamps = self.generate(ids, n)
+        return {"tokens_per_s": len(ids) * len(stamps) / (stamps[-1] - start), "tokens": tokens}
+
+
+class MaxKV(Engine):
+    """Ours: GPT2.generate_tokens, the compiled step graph with a key/value cache."""
+
+    def __init__(self, path: str) -> None:
+        from max_gpt2.engine import GPT2
+
+        self.model = GPT2.from_pretrained(path)
+
+    def compile(self) -> float:
+        start = time.perf_counter()
+        self.model.step_graph, self.model.decode_graph  # noqa: B018  prefill and decode
+        return time.perf_counter() - start
+
+    def prefill(self, ids: np.ndarray) -> None:
+        next(iter(self.model.generate_tokens(ids.tolist(), 1)))
+
+    def generate(self, ids: np.ndarray, n: int):
+        return _timed(self.model.generate_tokens(ids.tolist(), n))
+
+
+class MaxRecompute(MaxKV):
+    """The tutorial's design: the full-sequence logits graph over the whole sequence, every token."""
+
+    def compile(self) -> float:
+        start = time.perf_counter()
+        self.model.logits_graph  # noqa: B018
+        return time.perf_counter() - start
+
+    def prefill(self, ids: np.ndarray) -> None:
+        self.model.logits(ids)
+
+    def generate(self, ids: np.ndarray, n: int):
+        return _timed(self._tokens(ids, n))
+
+    def _tokens(self, ids: np.ndarray, n: int) -> Iterator[np.ndarray]:
+        for _ in range(n):
+            nxt = self.model.logits(ids)[:, -1].argmax(axis=-1)
+            yield nxt
+            ids = np.concatenate([ids, nxt[:, None]], axis=1)
+
+
+class MaxEager(Engine):
+    """The same MAX modules (GPT2Step: the KV-cached forward) called directly, without compiling:
+    every operation runs on its own as it is reached."""
+
+    compiled_graph = False
+
+    def __init__(self, path: str) -> None:
+        from max_gpt2.engine import GPT2
+        from max_gpt2.graphs import building
+        from max_gpt2.model import GPT2Step
+
+        loaded = GPT2.from_pretrained(path)
+        self.config, self.device = loaded.config, loaded._device
+        with building(self.device):  # described, not initialised; the checkpoint's weights go in below
+            self.module = GPT2Step(self.config)
+        self.module.load_state_dict(loaded.state)
+
+    def compile(self) -> None:
+        return None
+
+    def _tensor(self, a):
+        from max.experimental.tensor import Tensor
+
+        return Tensor.from_dlpack(np.ascontiguousarray(a)).to(self.device)
+
+    def _step(self, ids, start, past_k, past_v):
+        b, t = ids.shape
+        positions = np.broadcast_to(np.arange(start, start + t), (b, t))
+        key_mask = np.zeros((b, start + t), np.float32)
+        logits, k, v = self.module(self._tensor(ids), self._tensor(positions), self._tensor(key_mask), past_k, past_v)
+        return logits.to_numpy(), k, v
+
+    def prefill(self, ids: np.ndarray) -> None:
+        self._step(ids, 0, *self._empty(len(ids)))
+
+    def _empty(self, b):
+        c = self.config
+        empty = np.zeros((c.n_layer, b, c.n_head, 0, c.head_dim), np.float32)
+        return self._tensor(empty), self._tensor(empty)
+
+    def generate(self, ids: np.ndarray, n: int):
+        return _timed(self._tokens(ids, n))
+
+    def _tokens(self, ids: np.ndarray, n: int) -> Iterator[np.ndarray]:
+        logits, k, v = self._step(ids, 0, *self._empty(len(ids)))
+        length = ids.shape[1]
+        for i in range(n):
+            nxt = logits.argmax(axis=-1)
+            yield nxt
+            if i < n - 1:
+                logits, k, v = self._step(nxt[:, None], length, k, v)
+                length += 1
+
+
+class TorchEager(Engine):
+    """transformers' GPT2LMHeadModel: generate (greedy) with its key/value cache."""
+
+    def __init__(self, path: str) -> None:
+        import torch
+
+        from max_gpt2.reference import load_reference
+        from max_gpt2.weights import resolve
+
+        p = Path(path)
+        if p.is_dir():
+            self.model = load_reference(p)
+        else:
+            found = resolve(p)
+            self.model = load_reference(None, found.config, found.tensors)
+        self.torch = torch
+
+    def compile(self) -> float | None:
+        return None
+
+    def prefill(self, ids: np.ndarray) -> None:
+        # As generate's first step does: the prompt through the model, logits of the last position.
+        with self.torch.inference_mode():
+            self.model(self.torch.from_numpy(ids), use_cache=True, logits_to_keep=1)
+
+    def generate(self, ids: np.ndarray, n: int):
+        from transformers import GenerationConfig
+        from transformers.generation.streamers import BaseStreamer
+
+        steps, stamps = [], []
+
+        class Collect(BaseStreamer):  # generate hands it the prompt, then each step's tokens
+            def put(self, value):
+                stamps.append(time.perf_counter())
+                steps.append(value.reshape(-1).tolist())
+
+            def end(self):
+                pass
+
+        x = self.torch.from_numpy(ids)
+        settings = GenerationConfig(max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+        with self.torch.inference_mode():
+            self.model.generate(x, attention_mask=self.torch.ones_like(x), generation_config=settings,
+                                streamer=Collect())
+        steps, stamps = steps[1:], stamps[1:]  # not the prompt
+        return [list(row) for row in zip(*steps)], stamps
+
+    def task_reference(self, ids: np.ndarray, ns: list[int]) -> dict:
+        """transformers' greedy tokens for each prompt alone (batch 1, as `reference_greedy`), with
+        the gap between the two best logits at every step."""
+        from max_gpt2.reference import reference_greedy
+
+        tokens, margins = [], []
+        for prompt, n in zip(ids, ns):
+            gaps: list[float] = []
+            tokens.append(reference_greedy(self.model, prompt.tolist(), n, gaps))
+            margins.append([float(g) for g in gaps])
+        return {"tokens": tokens, "margins": margins}
+
+
+class TorchCompile(TorchEager):
+    """transformers' generate with the model's forward compiled by torch.compile (inductor, C++
+    on a CPU). Compile time: the first generation, which compiles the prefill and decode shapes."""
+
+    def compile(self) -> float:
+        self.model.forward = self.torch.compile(self.model.forward)
+        start = time.perf_counter()
+        rng = np.random.default_rng(1)
+        self.generate(rng.integers(0, self.model.config.vocab_size, (1, DECODE_PROMPT)), 3)
+        return time.perf_counter() - start
+
+
+ENGINE_CLASSES = {
+    "max-compiled-kv": MaxKV,
+    "max-compiled-recompute": MaxRecompute,
+    "max-eager": MaxEager,
+    "torch-eager": TorchEager,
+    "torch-compile": TorchCompile,
+}
