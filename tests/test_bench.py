@@ -19,7 +19,8 @@ import pytest
 CLI = [str(Path(sys.executable).with_name("max-gpt2"))]
 ENGINES = ("max-compiled-kv", "max-compiled-recompute", "max-eager", "torch-eager")
 FIELDS = ("decode_tokens_per_s", "prefill_ms", "batch8_tokens_per_s", "ttft_ms", "compile_s_cold", "compile_s_warm",
-          "peak_rss_mb", "greedy_tokens_match")
+          "peak_rss_mb", "greedy_tokens_match", "teacher_forced_top1_agreement", "max_abs_logit_diff")
+PEERS = ("ctranslate2-fp32", "onnxruntime-fp32")
 
 
 def bench(*args, timeout=900):
@@ -61,7 +62,10 @@ def test_quick_bench_writes_a_complete_json_and_a_png(hub, tmp_path):
         assert engine["decode_tokens_per_s"] > 0 and engine["batch8_tokens_per_s"] > 0 and engine["ttft_ms"] > 0
         assert engine["peak_rss_mb"] > 0
         assert engine["greedy_tokens_match"] is True, name  # a fast wrong answer does not count
+        assert engine["teacher_forced_top1_agreement"] == 1.0 and engine["max_abs_logit_diff"] < 1e-2, name
         assert engine["compile_s_cold"] is None  # --quick skips the cold compile
+    assert report["engines"]["torch-eager"]["max_abs_logit_diff"] == 0.0  # transformers against itself
+    assert report["engines"]["max-eager"]["teacher_forced_top1_agreement"] is None  # minutes a forward: not asked
     for name in ("max-compiled-kv", "max-compiled-recompute"):
         assert report["engines"][name]["compile_s_warm"] > 0
     assert len(report["engines"]["max-compiled-kv"]["per_round"]["compile_s_warm"]) == 2  # a new process each round
@@ -79,6 +83,50 @@ def test_quick_bench_writes_a_complete_json_and_a_png(hub, tmp_path):
 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "decode, batch 1 (tokens/s)" in result.stdout and "roofline:" in result.stdout
+
+
+def missing_peers() -> str | None:
+    from max_gpt2.bench.arguments import unavailable
+
+    reasons = [f"{e}: {unavailable(e)}" for e in PEERS if unavailable(e)]
+    return "; ".join(reasons) or None
+
+
+@pytest.mark.skipif(missing_peers() is not None, reason=str(missing_peers()))
+def test_peers_fill_the_same_fields_and_match_transformers(hub, tmp_path):
+    """CTranslate2 and ONNX Runtime, converted from the same checkpoint: the same report as any
+    engine, and float32 end to end (their greedy tokens and teacher-forced logits are
+    transformers')."""
+    out = tmp_path / "bench.json"
+    result = bench("--model", str(hub.path), "--quick", "--engines", ",".join(PEERS), "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert set(report["engines"]) == set(PEERS)
+    for name, engine in report["engines"].items():
+        assert set(FIELDS) <= set(engine), name
+        assert engine["status"] == "ok", (name, engine["status"])
+        assert set(engine["prefill_ms"]) == {"8", "16"} and all(v > 0 for v in engine["prefill_ms"].values())
+        assert engine["decode_tokens_per_s"] > 0 and engine["batch8_tokens_per_s"] > 0 and engine["ttft_ms"] > 0
+        assert engine["peak_rss_mb"] > 0
+        assert engine["greedy_tokens_match"] is True and engine["greedy_tokens_checked"] > 0, name
+        assert engine["teacher_forced_top1_agreement"] == 1.0 and engine["max_abs_logit_diff"] < 1e-2, name
+    assert "teacher-forced top-1" in result.stdout
+
+
+def test_a_peer_without_its_extra_is_skipped_with_one_line(hub, tmp_path):
+    """A peer engine whose package is not installed is not an error: bench says why and goes on."""
+    out = tmp_path / "bench.json"
+    script = ("import sys; sys.modules['ctranslate2'] = None  # as if not installed\n"
+              "from max_gpt2.cli import main; sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", script, "bench", "--model", str(hub.path), "--quick", "--rounds", "1",
+                             "--engines", "ctranslate2-fp32", "--json", str(out)], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    reason = "skipped: needs ctranslate2 (pip install 'max-gpt2[bench-peers]')"
+    assert f"· ctranslate2-fp32: {reason}" in result.stderr.splitlines(), result.stderr  # one whole line
+    engine = json.loads(out.read_text())["engines"]["ctranslate2-fp32"]
+    assert engine["status"] == reason
+    assert set(FIELDS) <= set(engine) and engine["decode_tokens_per_s"] is None
 
 
 def test_a_worker_reports_its_own_peak_rss_and_is_stopped_between_tasks(tmp_path):

@@ -7,10 +7,14 @@ Engines:
   max-eager               the same MAX modules called without compiling (time-boxed: very slow)
   torch-eager             transformers' generate with its key/value cache
   torch-compile           the same, with the model's forward under torch.compile (time-boxed)
+  ctranslate2-fp32        CTranslate2's Generator, converted by its Transformers converter   } peers: the
+  onnxruntime-fp32        ONNX Runtime on a decoder-with-past exported with torch.onnx      } bench-peers extra
 
 Workloads: prefill latency by prompt length; decode tokens/s over N new tokens at batch 1; time to
 first token; tokens/s at batch 8; compile time with an empty (cold) and a filled (warm) compile
-cache; peak resident memory. Greedy tokens of every engine are checked against transformers.
+cache; peak resident memory. Greedy tokens of every engine are checked against transformers, and
+each engine's logits of one sequence, teacher-forced (transformers' greedy continuation), are
+compared with transformers': top-1 agreement and the largest difference.
 The roofline is the memory read bandwidth measured in the same run divided by the weight bytes
 one decode step reads: the fastest any engine could decode one sequence on this machine.
 
@@ -30,6 +34,7 @@ temporary folder and benchmarked (speed does not depend on the weight values).
 #   runner     the command: checkpoint, rounds over the engine processes, the report
 #   worker     one engine's process: both ends of its pipe (Worker in the bench, serve in the child)
 #   engines    the engine adapters and the workloads they run
+#   peers      CTranslate2 and ONNX Runtime as engines (the bench-peers extra)
 #   stats      figures from the rounds: medians, ratios, the targets, the greedy-token check
 #   report     the table on stdout
 #   plot       the PNG

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 
 from max_gpt2.errors import GPT2Error
 
-ENGINES = ("max-compiled-kv", "max-compiled-recompute", "max-eager", "torch-eager", "torch-compile")
+# The CPU engines users compare with, and the modules each needs (the `bench-peers` extra).
+PEERS = {"ctranslate2-fp32": ("ctranslate2",), "onnxruntime-fp32": ("onnxruntime", "onnx")}
+ENGINES = ("max-compiled-kv", "max-compiled-recompute", "max-eager", "torch-eager", "torch-compile", *PEERS)
 COMPILED = ("max-compiled-kv", "max-compiled-recompute", "torch-compile")  # these have compile times
 REFERENCE = "torch-eager"  # transformers itself: its greedy tokens are the ones to match
 PAIR = ("max-compiled-kv", REFERENCE)  # the targets compare these: they run every round, the others the first
@@ -65,6 +68,14 @@ def settle(args) -> tuple[list[str], list[int]]:
         except ImportError:
             raise GPT2Error("--plot needs matplotlib: pip install 'max-gpt2[bench]'") from None
     return engines, lengths
+
+
+def unavailable(engine: str) -> str | None:
+    """Why an engine cannot run here (a one-line reason), or None if it can."""
+    missing = [m for m in PEERS.get(engine, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"skipped: needs {' and '.join(missing)} (pip install 'max-gpt2[bench-peers]')"
+    return None
 
 
 def _engines(text: str) -> list[str]:

@@ -1,5 +1,6 @@
-"""The engines bench compares, each behind the same three calls (compile, prefill, generate),
-and the workloads every engine runs through them."""
+"""The engines bench compares, each behind the same calls (compile, prefill, generate, logits),
+and the workloads every engine runs through them. The peers (CTranslate2, ONNX Runtime) are in
+peers.py, loaded only when asked for."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from max_gpt2.bench.arguments import DECODE_PROMPT
 
 
-def _timed(tokens: Iterator[np.ndarray]) -> tuple[list[list[int]], list[float]]:
+def timed(tokens: Iterator[np.ndarray]) -> tuple[list[list[int]], list[float]]:
     """Drains a generator of [batch] token arrays: the tokens [batch][n], and when each step's came."""
     steps, stamps = [], []
     for t in tokens:
@@ -22,16 +23,25 @@ def _timed(tokens: Iterator[np.ndarray]) -> tuple[list[list[int]], list[float]]:
 
 
 class Engine:
-    """The workloads, the same for every engine; each engine supplies prefill, generate and compile.
+    """The workloads, the same for every engine. Each engine is made from a checkpoint's path and
+    a scratch folder, and supplies compile (seconds, or None), prefill, generate, and logits
+    (a batch-1 sequence's logits at every position, for the teacher-forced comparison; not
+    max-eager, whose single forward takes minutes).
     An eager engine (no compiled graph) gets one try of each and no warm-up: minutes a forward."""
 
     compiled_graph = True
 
     def run(self, task: dict) -> dict:
-        """One workload task from the bench: its name, token ids and length."""
-        return getattr(self, "task_" + task["task"])(np.array(task["ids"]), task.get("n"))
+        """One workload task from the bench: its name, token ids, and the task's own arguments."""
+        arguments = {k: v for k, v in task.items() if k not in ("task", "ids")}
+        return getattr(self, "task_" + task["task"])(np.array(task["ids"]), **arguments)
 
-    def task_prefill(self, ids: np.ndarray, _) -> dict:
+    def task_logits(self, ids: np.ndarray, out: str) -> dict:
+        """The logits of one sequence, written to `out` (.npy): too many for a line of JSON."""
+        np.save(out, np.asarray(self.logits(ids), dtype=np.float32))
+        return {}
+
+    def task_prefill(self, ids: np.ndarray) -> dict:
         if self.compiled_graph:
             self.prefill(ids)  # warm-up: first-call allocations, torch.compile's per-shape compile
         times = []
@@ -60,7 +70,7 @@ class Engine:
 class MaxKV(Engine):
     """Ours: GPT2.generate_tokens, the compiled step graph with a key/value cache."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, scratch: Path) -> None:
         from max_gpt2.engine import GPT2
 
         self.model = GPT2.from_pretrained(path)
@@ -74,7 +84,11 @@ class MaxKV(Engine):
         next(iter(self.model.generate_tokens(ids.tolist(), 1)))
 
     def generate(self, ids: np.ndarray, n: int):
-        return _timed(self.model.generate_tokens(ids.tolist(), n))
+        return timed(self.model.generate_tokens(ids.tolist(), n))
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        # GPT2's one public way to logits: the full-sequence graph, not the decode path.
+        return self.model.logits(ids)[0]
 
 
 class MaxRecompute(MaxKV):
@@ -89,7 +103,7 @@ class MaxRecompute(MaxKV):
         self.model.logits(ids)
 
     def generate(self, ids: np.ndarray, n: int):
-        return _timed(self._tokens(ids, n))
+        return timed(self._tokens(ids, n))
 
     def _tokens(self, ids: np.ndarray, n: int) -> Iterator[np.ndarray]:
         for _ in range(n):
@@ -104,7 +118,7 @@ class MaxEager(Engine):
 
     compiled_graph = False
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, scratch: Path) -> None:
         from max_gpt2.engine import GPT2
         from max_gpt2.graphs import building
         from max_gpt2.model import GPT2Step
@@ -139,7 +153,7 @@ class MaxEager(Engine):
         return self._tensor(empty), self._tensor(empty)
 
     def generate(self, ids: np.ndarray, n: int):
-        return _timed(self._tokens(ids, n))
+        return timed(self._tokens(ids, n))
 
     def _tokens(self, ids: np.ndarray, n: int) -> Iterator[np.ndarray]:
         logits, k, v = self._step(ids, 0, *self._empty(len(ids)))
@@ -155,7 +169,7 @@ class MaxEager(Engine):
 class TorchEager(Engine):
     """transformers' GPT2LMHeadModel: generate (greedy) with its key/value cache."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, scratch: Path) -> None:
         import torch
 
         from max_gpt2.reference import load_reference
@@ -176,6 +190,10 @@ class TorchEager(Engine):
         # As generate's first step does: the prompt through the model, logits of the last position.
         with self.torch.inference_mode():
             self.model(self.torch.from_numpy(ids), use_cache=True, logits_to_keep=1)
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model(self.torch.from_numpy(ids)).logits[0].numpy()
 
     def generate(self, ids: np.ndarray, n: int):
         from transformers import GenerationConfig
@@ -199,15 +217,15 @@ class TorchEager(Engine):
         steps, stamps = steps[1:], stamps[1:]  # not the prompt
         return [list(row) for row in zip(*steps)], stamps
 
-    def task_reference(self, ids: np.ndarray, ns: list[int]) -> dict:
+    def task_reference(self, ids: np.ndarray, n: list[int]) -> dict:
         """transformers' greedy tokens for each prompt alone (batch 1, as `reference_greedy`), with
         the gap between the two best logits at every step."""
         from max_gpt2.reference import reference_greedy
 
         tokens, margins = [], []
-        for prompt, n in zip(ids, ns):
+        for prompt, new in zip(ids, n):
             gaps: list[float] = []
-            tokens.append(reference_greedy(self.model, prompt.tolist(), n, gaps))
+            tokens.append(reference_greedy(self.model, prompt.tolist(), new, gaps))
             margins.append([float(g) for g in gaps])
         return {"tokens": tokens, "margins": margins}
 
@@ -231,3 +249,11 @@ ENGINE_CLASSES = {
     "torch-eager": TorchEager,
     "torch-compile": TorchCompile,
 }
+
+
+def engine_class(name: str) -> type[Engine]:
+    if name in ENGINE_CLASSES:
+        return ENGINE_CLASSES[name]
+    from max_gpt2.bench.peers import PEER_CLASSES
+
+    return PEER_CLASSES[name]

@@ -10,7 +10,8 @@ from max_gpt2.bench.arguments import PAIR
 from max_gpt2.bench.report import fmt
 
 COLORS = {"max-compiled-kv": "#d62728", "max-compiled-recompute": "#ff9896", "max-eager": "#c7c7c7",
-          "torch-eager": "#1f77b4", "torch-compile": "#aec7e8"}
+          "torch-eager": "#1f77b4", "torch-compile": "#aec7e8", "ctranslate2-fp32": "#2ca02c",
+          "onnxruntime-fp32": "#9467bd"}
 
 
 def plot(report: dict, path: str) -> None:

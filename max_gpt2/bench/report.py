@@ -57,6 +57,8 @@ def print_table(report: dict, batch: int, out=None) -> None:
         ("compile, warm cache (s)", [e["compile_s_warm"] for e in engines.values()], 1),
         ("peak RSS (MB)", [e["peak_rss_mb"] for e in engines.values()], 0),
         ("greedy tokens = transformers", [e["greedy_tokens_match"] for e in engines.values()], 0),
+        ("teacher-forced top-1 = transformers", [e["teacher_forced_top1_agreement"] for e in engines.values()], 3),
+        ("  max |Δlogit|", [e["max_abs_logit_diff"] for e in engines.values()], 5),
         ("rounds", [e["rounds"] for e in engines.values()], 0),
     ]
     width = max(len(r[0]) for r in rows) + 2

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from max_gpt2.bench.arguments import COMPILED, DECODE_PROMPT, PAIR, REFERENCE, settle
+from max_gpt2.bench.arguments import COMPILED, DECODE_PROMPT, PAIR, REFERENCE, settle, unavailable
 from max_gpt2.bench.report import machine, print_table
-from max_gpt2.bench.stats import Results, engine_report, listed, median, targets
+from max_gpt2.bench.stats import Results, engine_report, listed, median, targets, teacher_forced
 from max_gpt2.bench.worker import Worker
 from max_gpt2.errors import GPT2Error
 from max_gpt2.progress import Status, Waiting
@@ -160,6 +160,12 @@ class Bench:
         # transformers' tokens are the ones to match, so it runs even when not asked for.
         every = list(dict.fromkeys([REFERENCE, *engines]))
         self.results = {e: Results() for e in every}
+        for e in list(every):
+            reason = unavailable(e)
+            if reason:
+                say(f"{e}: {reason}")
+                self.results[e].status.append(reason)
+                every.remove(e)
         meter = self._start(None)  # a streaming read each round, for that round's roofline
 
         envs: dict[str, dict] = {}
@@ -219,9 +225,23 @@ class Bench:
             reply = self._call(live[REFERENCE], {"task": "reference", **rows})
             if reply:
                 self.results[REFERENCE].reference = reply["tokens"], reply["margins"]
+                self._teacher_forced(live, self.decode_ids[0] + reply["tokens"][0])
         for w in live.values():
             self._stop(w)
         self._stop(meter)
+
+    def _teacher_forced(self, live: dict[str, Worker], sequence: list[int]) -> None:
+        """Each engine's logits of the decode prompt and transformers' greedy continuation,
+        against transformers' own."""
+        self.say(Waiting("teacher-forced logits of every engine, against transformers'"))
+        logits = {}
+        for e, w in live.items():
+            out = self.scratch / f"logits-{e}.npy"
+            if self._call(w, {"task": "logits", "ids": [sequence], "out": str(out)}) is not None:
+                logits[e] = np.load(out)
+        if REFERENCE in logits:
+            for e, values in logits.items():
+                self.results[e].teacher_forced = teacher_forced(values, logits[REFERENCE])
 
     def _eager(self) -> None:
         """max-eager takes minutes a forward: one of each workload, in one process, time-boxed."""

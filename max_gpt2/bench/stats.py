@@ -17,6 +17,7 @@ class Results:
         self.peak_rss_mb = 0.0
         self.status: list[str] = []
         self.reference = None  # transformers' tokens and top-2 margins (the reference engine only)
+        self.teacher_forced = None  # (top-1 agreement, max |Δlogit|) against transformers
 
     def put(self, round_: int, **values) -> None:
         self.rounds.setdefault(round_, {}).update(values)
@@ -65,6 +66,8 @@ def engine_report(res: Results, reference: Results | None, roofline: dict, batch
         "peak_rss_mb": round(res.peak_rss_mb, 1),
         "greedy_tokens_match": None,
         "greedy_tokens_checked": 0,
+        "teacher_forced_top1_agreement": res.teacher_forced and res.teacher_forced[0],
+        "max_abs_logit_diff": res.teacher_forced and res.teacher_forced[1],
         "rounds": len(decode),
         "per_round": {**{key: listed(s) for key, s in series.items()},
                       "prefill_ms": {n: listed(s) for n, s in prefill.items()}},
@@ -79,6 +82,14 @@ def engine_report(res: Results, reference: Results | None, roofline: dict, batch
             report["greedy_tokens_match"] = all(same for same, _ in compared)
             report["greedy_tokens_checked"] = sum(n for _, n in compared)
     return report
+
+
+def teacher_forced(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float] | None:
+    """How often an engine's likeliest token is transformers' at the same position of the same
+    sequence, and the largest logit difference; None if the logits do not even have one shape."""
+    if ours.shape != theirs.shape:
+        return None
+    return float(np.mean(ours.argmax(-1) == theirs.argmax(-1))), float(np.abs(ours - theirs).max())
 
 
 # Logits closer than this are a tie: two implementations' float32 sums differ in the last digits

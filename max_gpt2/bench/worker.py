@@ -43,7 +43,7 @@ class Worker:
         # inherits it would start outside this virtual environment.
         child_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **(env or {})}
         child_env.pop("PYTHONEXECUTABLE", None)
-        job = {"engine": engine, "model": model, "reply_fd": write, "parent": os.getpid()}
+        job = {"engine": engine, "model": model, "scratch": str(scratch), "reply_fd": write, "parent": os.getpid()}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "max_gpt2.bench.worker", json.dumps(job)],
                                          stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=child_env,
@@ -148,9 +148,9 @@ def serve(job: dict) -> int:
     for line in sys.stdin:
         task = json.loads(line)
         if task["task"] == "load":
-            from max_gpt2.bench.engines import ENGINE_CLASSES
+            from max_gpt2.bench.engines import engine_class
 
-            engine = ENGINE_CLASSES[job["engine"]](job["model"])
+            engine = engine_class(job["engine"])(job["model"], Path(job["scratch"]))
             values = {"compile_s": engine.compile()}
         elif task["task"] == "bandwidth":
             from max_gpt2.machine import memory_bandwidth
