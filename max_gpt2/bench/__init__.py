@@ -7,8 +7,10 @@ Engines:
   max-eager               the same MAX modules called without compiling (time-boxed: very slow)
   torch-eager             transformers' generate with its key/value cache
   torch-compile           the same, with the model's forward under torch.compile (time-boxed)
-  ctranslate2-fp32        CTranslate2's Generator, converted by its Transformers converter   } peers: the
-  onnxruntime-fp32        ONNX Runtime on a decoder-with-past exported with torch.onnx      } bench-peers extra
+  ctranslate2-fp32        CTranslate2's Generator on the checkpoint converted by its converter
+  onnxruntime-fp32        ONNX Runtime on a decoder-with-past exported by torch.onnx
+The last two are the CPU engines people compare with; they need the bench-peers extra
+(pip install 'max-gpt2[bench-peers]') and are skipped, with the reason, without it.
 
 Workloads: prefill latency by prompt length; decode tokens/s over N new tokens at batch 1; time to
 first token; tokens/s at batch 8; compile time with an empty (cold) and a filled (warm) compile
