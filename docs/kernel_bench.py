@@ -24,7 +24,7 @@ from max.experimental import compilation
 from max.experimental.tensor import Tensor, TensorType
 
 from max_gpt2.bench import memory_bandwidth
-from max_gpt2.model import matvec
+from max_gpt2.decode import matvec
 
 @dataclass(frozen=True)
 class Sizes:

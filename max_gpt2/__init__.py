@@ -7,7 +7,8 @@
 """
 
 from max_gpt2.config import GPT2Config
-from max_gpt2.engine import GPT2, Generated, Stats
+from max_gpt2.engine import GPT2
+from max_gpt2.text import Generated, Stats
 from max_gpt2.errors import GPT2Error
 from max_gpt2.sampling import Sampling
 from max_gpt2.tokenizer import GPT2Tokenizer

@@ -95,7 +95,7 @@ def chat(model, sampling: Sampling, max_new_tokens: int, *, sliding_window: bool
          stdin=None, stdout=None, stderr=None) -> int:
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     model._need_tokenizer()
-    model.step_graph  # noqa: B018  compile now (with progress), not on the first prompt
+    model.compile(logits=False)  # now, with progress, not inside the first answer
     session = Session(sampling, max_new_tokens, sliding_window)
     interactive = stdin.isatty()
     if interactive:
@@ -142,7 +142,7 @@ def _read(stdin, interactive: bool) -> str | None:
 
 
 def _answer(model, session: Session, prompt: str, stdout, stderr, interactive: bool) -> None:
-    from max_gpt2.engine import Stats
+    from max_gpt2.text import Stats
 
     stats = Stats()
     pieces = model.stream(prompt, session.max_new_tokens, session.sampling,

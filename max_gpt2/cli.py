@@ -127,7 +127,7 @@ def _run_generate(args) -> int:
     sampling = sampling_from(args)
     model = load(args)
     model._need_tokenizer()
-    model.step_graph  # noqa: B018  compile before generating, with progress
+    model.compile(logits=False)  # before generating, with progress
     for piece in model.stream(args.prompt, args.max_new_tokens, sampling, sliding_window=args.sliding_window):
         sys.stdout.write(piece)
         sys.stdout.flush()

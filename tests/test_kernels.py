@@ -21,7 +21,7 @@ from max.dtype import DType  # noqa: E402
 from max.experimental import compilation  # noqa: E402
 from max.experimental.tensor import Tensor, TensorType  # noqa: E402
 
-from max_gpt2.model import decode_attention, matvec  # noqa: E402
+from max_gpt2.decode import decode_attention, matvec  # noqa: E402
 
 # K: two 16-lane vectors and 8 left over, or 1000, wider than 768 as the MLP's c_proj (3072)
 # is. N: rows of w, which the kernel splits into one slice per core (batches of 8 rows or more)
