@@ -18,12 +18,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from max_gpt2.errors import KernelBuildError
 
 KERNELS = Path(__file__).parent / "kernels"
 GRAPH_FILES_KEPT = 32  # compiled graphs kept on disk, the least recently used dropped first
+_first_use = threading.Lock()  # functools.cache alone lets two threads' first calls both run
 
 
 @contextlib.contextmanager
@@ -62,33 +64,34 @@ def cache_folder() -> Path | None:
 # --- the kernel library -----------------------------------------------------------------------
 
 
-@functools.cache
 def kernel_library(sources: Path = KERNELS) -> Path:
     """The Mojo package in `sources` built into a .mojoc named by a digest of its files.
 
     MAX can take the source folder itself, but it rebuilds it in every process, and a graph with
-    a freshly built library takes tens of seconds to load even when the compiled graph is
-    cached; with an unchanged file it loads in seconds. Without a cache folder the library is
-    built into a private temporary folder that lives as long as the process.
+    a freshly built library is slow to load even when the compiled graph is cached. Without a
+    cache folder the library is built into a private temporary folder that lives as long as the
+    process.
     """
     from max import _core
 
-    files = sorted(Path(sources).glob("*.mojo"))
+    sources = Path(sources)
+    files = sorted(sources.glob("*.mojo"))
     digest = hashlib.sha256(_core.__version__.encode())
     for source in files:
         digest.update(source.name.encode() + source.read_bytes())
     folder = cache_folder() or Path(_private_folder())
     library = folder / f"max_gpt2_kernels_{digest.hexdigest()[:16]}.mojoc"
-    if library.exists():
-        return library
-    folder.mkdir(parents=True, exist_ok=True)
-    # Built under its final name (the compiler records it) in a private folder, then moved into
-    # place at once, so a concurrent process never reads half a file, and a failed build leaves
-    # nothing behind.
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".staging-") as staging:
-        built = Path(staging) / library.name
-        _run_mojo(["precompile", str(sources), "-o", str(built)], sources)
-        os.replace(built, library)
+    with _first_use:  # one build in this process; others wait for it
+        if library.exists():
+            return library
+        folder.mkdir(parents=True, exist_ok=True)
+        # Built under its final name (the compiler records it) in a private folder, then moved
+        # into place at once, so a concurrent process never reads half a file, and a failed
+        # build leaves nothing behind.
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".staging-") as staging:
+            built = Path(staging) / library.name
+            _run_mojo(["precompile", str(sources), "-o", str(built)], sources)
+            os.replace(built, library)
     return library
 
 
@@ -116,8 +119,13 @@ def _private_folder() -> str:
 # --- compiled graphs kept as files ------------------------------------------------------------
 
 
-@functools.cache
 def store():
+    with _first_use:
+        return _store()
+
+
+@functools.cache
+def _store():
     """MAX's session, keeping every graph it compiles as a file named by a digest of everything
     the compiled code depends on: the graph's full text (every operation, shape and parameter,
     and our kernel library's path, which holds a digest of the kernels' source), the compile

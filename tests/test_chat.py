@@ -121,3 +121,9 @@ def test_piped_stdin_prints_each_result_and_exits_0(hub):
     assert result.stdout.decode() == f"{sampled}\n{greedy[0]}\n{greedy[1]}\n"
     assert "error: that line is not UTF-8 text" in result.stderr.decode()
     assert "Traceback" not in result.stderr.decode()
+
+
+def test_every_graph_is_compiled_before_the_first_prompt(repl):
+    """No compile progress inside an answer: the prompt loop compiles prefill and decode at start."""
+    out = ask(repl, "The meaning of life is")
+    assert STATS.search(out) and "compil" not in out, out
