@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 from functools import cache
 
-from tests.tutorial.report import Failure, Passed
+from checks.report import Failure, Passed
 
 STEP, TITLE = 9, "tokenization (GPT2Tokenizer)"
 HINTS = {
@@ -38,7 +38,7 @@ def theirs():
         return GPT2TokenizerFast.from_pretrained(folder)
 
 
-def prepare(code, bench):
+def prepare(code, graph):
     def judge():
         from max_gpt2.reference import gpt2_tokenizer_files
 

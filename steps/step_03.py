@@ -14,7 +14,7 @@ costs two lines here, so you write them too.
 
 When finished, it lives in: max_gpt2/model.py, function causal_mask (ANCHOR: causal_mask).
 
-Check:   pixi run s03   (or: make s03)
+Check:   pixi run s03   (or: make s03; the checker is checks/s03_mask.py)
 Compare: python solutions/solution_03.py
 """
 

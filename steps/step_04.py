@@ -22,7 +22,7 @@ The data flow, with B batch, T positions, C = n_embd, H = n_head, D = head_dim =
 When finished, it lives in: max_gpt2/model.py, class GPT2Attention
 (ANCHOR: multi_head_attention).
 
-Check:   pixi run s04   (or: make s04)
+Check:   pixi run s04   (or: make s04; the checker is checks/s04_attention.py)
 Compare: python solutions/solution_04.py
 """
 

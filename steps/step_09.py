@@ -18,7 +18,7 @@ runs the algorithm, in Rust, exactly as transformers' GPT2TokenizerFast does):
 
 When finished, it lives in: max_gpt2/tokenizer.py, class GPT2Tokenizer.
 
-Check:   pixi run s09   (or: make s09)
+Check:   pixi run s09   (or: make s09; the checker is checks/s09_tokenizer.py)
 Compare: python solutions/solution_09.py
 """
 

@@ -20,7 +20,7 @@ from earlier steps (a KV cache) and feeds only the new token: same tokens, much 
 When finished, it lives in: max_gpt2/sampling.py (probabilities, Sampler). The package's
 loop, with its KV cache, is GPT2.generate_tokens in max_gpt2/engine.py.
 
-Check:   pixi run s10   (or: make s10)
+Check:   pixi run s10   (or: make s10; the checker is checks/s10_generation.py)
 Compare: python solutions/solution_10.py
 """
 

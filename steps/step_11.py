@@ -25,7 +25,7 @@ The facts about OpenAI's checkpoint, which is why this step exists:
 When finished, it lives in: max_gpt2/weights.py (adapt: the checkpoint's tensors -> our state
 dict). The package compiles and runs it in max_gpt2/engine.py (GPT2).
 
-Check:   pixi run s11   (or: make s11)
+Check:   pixi run s11   (or: make s11; the checker is checks/s11_weights.py)
 Compare: python solutions/solution_11.py
 """
 

@@ -21,8 +21,8 @@ import sys
 import numpy as np
 import pytest
 
-from tests.tutorial.check import CHECKERS, run
-from tests.tutorial.learner import ROOT, Code
+from checks.check import CHECKERS, run
+from checks.learner import ROOT, Code
 
 STEPS = sorted(CHECKERS)
 
@@ -125,8 +125,8 @@ def test_planted_mistake_is_named_by_its_checker(results, name):
 def test_mistakes_give_other_numbers_than_the_reference():
     """The variants the checkers compare against, written out by hand with no mistake in them,
     are transformers' own results; so a match with a mistaken variant means that mistake."""
-    from tests.tutorial import s04_attention, s06_block, s07_model
-    from tests.tutorial.report import close
+    from checks import s04_attention, s06_block, s07_model
+    from checks.report import close
 
     assert close(s04_attention.attention(by_hand=True), s04_attention.attention())
     assert close(s06_block.block_output("pre-LN by hand"), s06_block.block_output())
@@ -137,7 +137,7 @@ def test_mistakes_give_other_numbers_than_the_reference():
 
 def _check(*args, solutions=False):
     env = {**os.environ, "SOLUTIONS": "1" if solutions else ""}
-    return subprocess.run([sys.executable, "-m", "tests.tutorial.check", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "checks", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -175,7 +175,7 @@ def test_running_a_solution_prints_the_package_code(step, monkeypatch, capsys):
 @pytest.fixture(scope="module")
 def hub_checkpoint(tmp_path_factory):
     from max_gpt2.reference import save_checkpoint
-    from tests.tutorial.common import reference
+    from checks.common import reference
 
     return save_checkpoint(reference(), tmp_path_factory.mktemp("hub") / "gpt2-random", layout="hub")
 
@@ -186,7 +186,7 @@ def test_finished_program_answers_a_prompt(hub_checkpoint):
     pexpect = pytest.importorskip("pexpect")
     from max_gpt2.reference import gpt2_tokenizer_files, reference_greedy
     from max_gpt2.tokenizer import GPT2Tokenizer
-    from tests.tutorial.common import reference
+    from checks.common import reference
 
     tokenizer = GPT2Tokenizer.from_files(*gpt2_tokenizer_files())
     prompt = "Once upon a time"
@@ -212,8 +212,8 @@ def test_my_gpt2_runs_the_learners_step_11(hub_checkpoint):
 
 
 def test_tolerance_tells_tanh_gelu_from_exact_gelu():
-    from tests.tutorial import s02_mlp
-    from tests.tutorial.report import close
+    from checks import s02_mlp
+    from checks.report import close
 
     exact = s02_mlp.mistakes()["exact (erf) GELU instead of GPT-2's tanh approximation (gelu_new)"]
     assert not close(exact, s02_mlp.reference())
