@@ -53,6 +53,6 @@ class GPT2Tokenizer:
         raise NotImplementedError("TODO 9.5: encode")
 
     def decode(self, ids: list[int]) -> str:
-        # TODO 9.5: the text of `ids`, special tokens included.
+        # TODO 9.6: the text of `ids`, special tokens included.
         #   Hint: self._tok.decode(ids, skip_special_tokens=False)
-        raise NotImplementedError("TODO 9.5: decode")
+        raise NotImplementedError("TODO 9.6: decode")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import sys
 import numpy as np
 import pytest
 
-from checks.check import CHECKERS, run
+from checks.check import CHECKERS, checker, run
 from checks.learner import ROOT, Code
 
 STEPS = sorted(CHECKERS)
@@ -133,6 +134,21 @@ def test_mistakes_give_other_numbers_than_the_reference():
     assert close(s07_model.hidden(by_hand=True), s07_model.hidden())
     for wrong, _ in s04_attention.forward_mistakes().values():
         assert not close(wrong, s04_attention.attention())
+
+
+def _todos(step: int) -> list[str]:
+    return re.findall(r"# TODO (\d+\.\d+)", (ROOT / "steps" / f"step_{step:02d}.py").read_text())
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_todos_run_in_reading_order_and_the_checker_cites_each(step):
+    """A step's TODOs are N.1, N.2, ... down its file, each number once; its checker's messages
+    cite exactly those (and, for a mistake made earlier, TODOs of earlier steps)."""
+    todos = _todos(step)
+    assert todos == [f"{step}.{i}" for i in range(1, len(todos) + 1)]
+    cited = set(re.findall(r'"(\d+\.\d+)"', inspect.getsource(checker(step))))
+    assert {t for t in cited if t.startswith(f"{step}.")} == set(todos)
+    assert all(t in _todos(int(t.split(".")[0])) for t in cited if int(t.split(".")[0]) < step)
 
 
 def _check(*args, solutions=False):
