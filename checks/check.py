@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from checks.learner import Code
 from checks.report import FAIL, PASS, Failure, Passed
+from max_gpt2.progress import Status
 
 # One checker module per step, imported when its step is checked.
 CHECKERS = dict(enumerate((
@@ -104,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     steps = parse(sys.argv[1:] if argv is None else argv)
     solutions = os.environ.get("SOLUTIONS", "").strip().lower() not in ("", "0", "false", "no")
     code = Code.solutions() if solutions else Code.steps()
-    say = lambda text: print(f"… {text}", file=sys.stderr, flush=True)  # noqa: E731
-    results = run([(code, s) for s in steps], progress=say)
+    status = Status()  # a compile of new code takes minutes: a ticking clock shows it is not stuck
+    try:
+        results = run([(code, s) for s in steps], progress=status)
+    finally:
+        status.close()
     print("\n\n".join(map(str, results)))
     failed = [r for r in results if not r.ok]
     if len(results) > 1:

@@ -26,6 +26,7 @@ from max.experimental.tensor import Tensor, TensorType
 
 from checks.report import Failure
 from max_gpt2.graphs import building
+from max_gpt2.progress import Waiting
 
 
 @dataclass
@@ -122,8 +123,8 @@ class Probes(Module):
             outputs.extend(self.record(i, result))
         if not outputs:
             raise _NothingTraced  # nothing to compile: skip the compiler altogether
-        self.progress(f"compiling {len(outputs)} output(s) of your modules with MAX: a minute or more when the "
-                      "code is new, seconds when MAX has compiled the same graph before ...")
+        self.progress(Waiting("compiling your modules with MAX: a minute or more for new code, seconds for a graph "
+                              "MAX has compiled before"))
         return tuple(outputs)
 
 
