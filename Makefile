@@ -32,10 +32,10 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 $(STEPS): $(STAMP)
-	$(PY) -m tests.tutorial.check $(@:s%=%)
+	$(PY) -m checks $(@:s%=%)
 
 check-all: $(STAMP)
-	$(PY) -m tests.tutorial.check all
+	$(PY) -m checks all
 
 my-gpt2: $(STAMP)
 	$(PY) steps/step_11.py

@@ -31,8 +31,15 @@ def test_every_make_target_has_a_recipe():
 def test_step_tasks_run_the_same_checker():
     for name, cmd in pixi_tasks().items():
         if re.fullmatch(r"s\d\d", name):
-            assert cmd == f"python -m tests.tutorial.check {name[1:]}"
-    assert "$(PY) -m tests.tutorial.check $(@:s%=%)" in (ROOT / "Makefile").read_text()
+            assert cmd == f"python -m checks {name[1:]}"
+    assert "$(PY) -m checks $(@:s%=%)" in (ROOT / "Makefile").read_text()
+
+
+def test_check_all_and_my_gpt2_run_the_same_python_in_both():
+    text = (ROOT / "Makefile").read_text()
+    for name in ("check-all", "my-gpt2"):
+        command = pixi_tasks()[name].removeprefix("python ")
+        assert re.search(rf"^{name}:.*\n\t\$\(PY\) {re.escape(command)}$", text, re.M), name
 
 
 def test_ci_runs_the_readmes_test_command():
