@@ -22,7 +22,7 @@ from max_gpt2.cache import CachePool, KVCache, prompt_inputs
 from max_gpt2.config import GPT2Config
 from max_gpt2.errors import GenerationError, GPT2Error, TokenizerError
 from max_gpt2.progress import Waiting
-from max_gpt2.sampling import Sampling
+from max_gpt2.sampling import Sampling, check_max_new_tokens
 from max_gpt2.text import TextAPI
 from max_gpt2.tokenizer import GPT2Tokenizer
 
@@ -208,8 +208,8 @@ class GPT2(TextAPI):
         its cache, and goes on.
         """
         sampling = sampling or Sampling()
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-            raise GenerationError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+        check_max_new_tokens(max_new_tokens)
+        max_new_tokens = int(max_new_tokens)
         rows = [list(map(int, p)) for p in prompts]
         if not rows or any(not r for r in rows):
             raise GenerationError("empty prompt: give at least one token")

@@ -46,3 +46,12 @@ def test_ci_runs_the_readmes_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and re.search(r"^make test$", ci, re.M)
+
+
+def test_the_oldest_python_is_promised_the_same_everywhere():
+    """README, pyproject and pixi name one oldest Python, and it can run this suite (tomllib)."""
+    readme = re.search(r"Python (3\.\d+) or newer", (ROOT / "README.md").read_text()).group(1)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    pixi = tomllib.loads((ROOT / "pixi.toml").read_text())["dependencies"]["python"]
+    assert pyproject == f">={readme}" and pixi.split(",")[0] == f">={readme}", (readme, pyproject, pixi)
+    assert tuple(map(int, readme.split("."))) >= (3, 11), "tests/test_tasks.py imports tomllib, new in 3.11"
