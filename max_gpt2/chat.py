@@ -96,7 +96,7 @@ def _example(field: str) -> str:
 def chat(model, sampling: Sampling, max_new_tokens: int, *, sliding_window: bool = False,
          stdin=None, stdout=None, stderr=None) -> int:
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
-    model._need_tokenizer()
+    model.require_tokenizer()
     model.compile(logits=False)  # now, with progress, not inside the first answer
     session = Session(sampling, max_new_tokens, sliding_window)
     interactive = stdin.isatty()

@@ -148,8 +148,10 @@ def _run_chat(args) -> int:
 
 def _run_generate(args) -> int:
     sampling = sampling_from(args)
+    if not args.prompt:
+        raise GPT2Error("--prompt is empty: give some text to continue")
     model = load(args)
-    model._need_tokenizer()
+    model.require_tokenizer()
     model.compile(logits=False)  # before generating, with progress
     for piece in model.stream(args.prompt, args.max_new_tokens, sampling, sliding_window=args.sliding_window):
         sys.stdout.write(piece)

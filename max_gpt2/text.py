@@ -105,7 +105,7 @@ class TextAPI:
         sliding_window: bool = False,
     ) -> list[Generated]:
         """Like `generate`, with the tokens and the reason each row stopped."""
-        tok = self._need_tokenizer()
+        tok = self.require_tokenizer()
         scanner = StopScanner(stop)
         tokens = self.generate_tokens([self._encode(p) for p in prompts], max_new_tokens, sampling,
                                       sliding_window=sliding_window)
@@ -148,7 +148,7 @@ class TextAPI:
         """
         stats = stats if stats is not None else Stats()
         start = time.perf_counter()
-        tok = self._need_tokenizer()
+        tok = self.require_tokenizer()
         scanner = StopScanner(stop)
         tokens = self.generate_tokens([self._encode(prompt)], max_new_tokens, sampling, sliding_window=sliding_window)
         return self._pieces(tokens, tok, scanner, stats, start, max_new_tokens)
@@ -185,7 +185,7 @@ class TextAPI:
         if (cut if cut is not None else len(text)) > sent:
             yield text[sent:cut]
 
-    def _need_tokenizer(self) -> GPT2Tokenizer:
+    def require_tokenizer(self) -> GPT2Tokenizer:
         if self.tokenizer is None:
             raise TokenizerError(
                 f"{self.source or 'this checkpoint'} has no tokenizer files (tokenizer.json, or vocab.json "
@@ -198,4 +198,4 @@ class TextAPI:
             raise GenerationError(f"a prompt must be text, not {type(prompt).__name__}")
         if not prompt:
             raise GenerationError("empty prompt: type some text to continue")
-        return self._need_tokenizer().encode(prompt)
+        return self.require_tokenizer().encode(prompt)

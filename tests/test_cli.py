@@ -118,6 +118,10 @@ def test_a_bad_option_is_one_line_before_loading(command, args, api):
         assert line == f"max-gpt2: error: {api_error(api)}"
 
 
+def test_an_empty_prompt_is_refused_before_loading():
+    assert_one_clear_error(run("generate", "--model", "/nonexistent", "--prompt", ""), "--prompt is empty")
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["generate"], "the following arguments are required: --prompt"),
     (["verify", "--model", "/nonexistent", "--seed", "1"], "unrecognized arguments: --seed 1"),
