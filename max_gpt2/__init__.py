@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-_TEXT_API = "max_gpt2.engine"  # where Generated and Stats live
+_TEXT_API = "max_gpt2.text"  # where Generated and Stats live
 
 # Each public name and the module that defines it.
 _HOMES = {
@@ -28,9 +28,10 @@ _HOMES = {
 
 if TYPE_CHECKING:  # for type checkers and editors, which do not run __getattr__
     from max_gpt2.config import GPT2Config
-    from max_gpt2.engine import GPT2, Generated, Stats
+    from max_gpt2.engine import GPT2
     from max_gpt2.errors import GPT2Error
     from max_gpt2.sampling import Sampling
+    from max_gpt2.text import Generated, Stats
     from max_gpt2.tokenizer import GPT2Tokenizer
 
 __all__ = ["GPT2", "GPT2Config", "GPT2Error", "GPT2Tokenizer", "Generated", "Sampling", "Stats"]

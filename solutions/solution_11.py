@@ -52,7 +52,7 @@ def main(argv=None) -> None:
 
         from max_gpt2 import weights
 
-        return print_source(weights.adapt, GPT2.logits_graph.fget, GPT2._compile)
+        return print_source(weights.adapt, GPT2.graph, GPT2._compile)
     parser = argparse.ArgumentParser(prog="solution_11.py chat", description="GPT-2 on MAX, from the package's pieces.")
     parser.add_argument("checkpoint", nargs="?", default="gpt2")
     parser.add_argument("--max-new-tokens", type=int, default=40)

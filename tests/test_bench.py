@@ -129,6 +129,7 @@ def test_a_peer_without_its_extra_is_skipped_with_one_line(hub, tmp_path):
     assert set(FIELDS) <= set(engine) and engine["decode_tokens_per_s"] is None
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process state from Linux's /proc")
 def test_a_worker_reports_its_own_peak_rss_and_is_stopped_between_tasks(tmp_path):
     """A child's ru_maxrss (wait4, getrusage) starts from its parent's RSS, carried across exec:
     measured that way, every engine once reported the 1.5 GB of the bench process that had
@@ -155,6 +156,7 @@ def test_a_worker_reports_its_own_peak_rss_and_is_stopped_between_tasks(tmp_path
     assert p.proc.returncode == 0  # and resumed to end normally
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the kernel ends the worker only on Linux; checked in /proc")
 def test_a_worker_dies_with_the_bench(tmp_path):
     """A worker waits stopped in a session of its own; a bench killed outright (SIGKILL, out of
     memory) cannot close it, so the kernel must end it."""

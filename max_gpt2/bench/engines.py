@@ -77,7 +77,7 @@ class MaxKV(Engine):
 
     def compile(self) -> float:
         start = time.perf_counter()
-        self.model.step_graph, self.model.decode_graph  # noqa: B018  prefill and decode
+        self.model.compile(logits=False)  # prefill and decode
         return time.perf_counter() - start
 
     def prefill(self, ids: np.ndarray) -> None:
@@ -87,8 +87,15 @@ class MaxKV(Engine):
         return timed(self.model.generate_tokens(ids.tolist(), n))
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
-        # GPT2's one public way to logits: the full-sequence graph, not the decode path.
-        return self.model.logits(ids)[0]
+        # Teacher-forced through the generation path itself (prefill, then one decode step per
+        # token), which is what the speed figures measure; the logits graph is not this engine.
+        row = ids[0].tolist()
+        generation = self.model.start([row[:1]], len(row))
+        rows = [generation.logits[0]]
+        for t in row[1:]:
+            rows.append(generation.step(np.array([t]))[0])
+        generation.close()
+        return np.stack(rows)
 
 
 class MaxRecompute(MaxKV):
@@ -96,7 +103,7 @@ class MaxRecompute(MaxKV):
 
     def compile(self) -> float:
         start = time.perf_counter()
-        self.model.logits_graph  # noqa: B018
+        self.model.compile(generation=False)
         return time.perf_counter() - start
 
     def prefill(self, ids: np.ndarray) -> None:
@@ -104,6 +111,9 @@ class MaxRecompute(MaxKV):
 
     def generate(self, ids: np.ndarray, n: int):
         return timed(self._tokens(ids, n))
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        return self.model.logits(ids)[0]
 
     def _tokens(self, ids: np.ndarray, n: int) -> Iterator[np.ndarray]:
         for _ in range(n):
@@ -113,7 +123,7 @@ class MaxRecompute(MaxKV):
 
 
 class MaxEager(Engine):
-    """The same MAX modules (GPT2Step: the KV-cached forward) called directly, without compiling:
+    """The same MAX modules (GPT2Prefill: the KV-cached forward) called directly, without compiling:
     every operation runs on its own as it is reached."""
 
     compiled_graph = False
@@ -121,12 +131,12 @@ class MaxEager(Engine):
     def __init__(self, path: str, scratch: Path) -> None:
         from max_gpt2.engine import GPT2
         from max_gpt2.graphs import building
-        from max_gpt2.model import GPT2Step
+        from max_gpt2.model import GPT2Prefill
 
         loaded = GPT2.from_pretrained(path)
-        self.config, self.device = loaded.config, loaded._device
+        self.config, self.device = loaded.config, loaded.device
         with building(self.device):  # described, not initialised; the checkpoint's weights go in below
-            self.module = GPT2Step(self.config)
+            self.module = GPT2Prefill(self.config)
         self.module.load_state_dict(loaded.state)
 
     def compile(self) -> None:
