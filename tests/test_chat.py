@@ -72,7 +72,7 @@ def test_answers_stream_with_a_stats_line_and_settings_commands_work(repl):
         ("/seed -1", "error: seed must be a whole number >= 0, got -1"),  # was taken, then ended the loop
         ("/temp inf", "error: temperature must be >= 0 and finite (0 is greedy), got inf"),
         ("/bogus", "error: unknown command /bogus"),
-        ("word " * 300, "tokens; GPT-2 reads at most 128 and needs room for new ones"),
+        ("word " * 300, "tokens; GPT-2 reads at most 128: shorten it"),
     ],
 )
 def test_bad_input_is_explained_and_the_session_goes_on(repl, line, message):
