@@ -71,6 +71,7 @@ class GPT2(TextAPI):
         tokenizer: str | GPT2Tokenizer | None = None,
         device: str = "cpu",
         dtype: str = "float32",
+        decode_kernels: bool | None = None,
         revision: str | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> GPT2:
@@ -94,7 +95,7 @@ class GPT2(TextAPI):
             except TokenizerError:
                 tokenizer = None  # logits need none; text generation says so when asked
         return cls(found.config, state, tokenizer=tokenizer, device=device, dtype=dtype,
-                   source=found.source, path=found.path, progress=progress)
+                   decode_kernels=decode_kernels, source=found.source, path=found.path, progress=progress)
 
     @property
     def num_parameters(self) -> int:
