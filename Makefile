@@ -13,6 +13,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MODEL ?= gpt2
 STEPS := s01 s02 s03 s04 s05 s06 s07 s08 s09 s10 s11
+# Where torch comes from; PyPI's torch for Linux x86-64 is the CUDA build (several GB).
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu installs the CPU build instead.
+TORCH_INDEX_URL ?=
 
 .PHONY: setup gpt2 test check-all my-gpt2 bench verify $(STEPS)
 
@@ -21,7 +24,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt torch
+	$(PY) -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,bench]"
 	touch $(STAMP)
 
@@ -32,10 +35,10 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 $(STEPS): $(STAMP)
-	$(PY) -m tests.tutorial.check $(@:s%=%)
+	$(PY) -m checks $(@:s%=%)
 
 check-all: $(STAMP)
-	$(PY) -m tests.tutorial.check all
+	$(PY) -m checks all
 
 my-gpt2: $(STAMP)
 	$(PY) steps/step_11.py

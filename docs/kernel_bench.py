@@ -23,8 +23,8 @@ from max.dtype import DType
 from max.experimental import compilation
 from max.experimental.tensor import Tensor, TensorType
 
-from max_gpt2.bench import memory_bandwidth
-from max_gpt2.model import matvec
+from max_gpt2.decode import matvec
+from max_gpt2.machine import memory_bandwidth
 
 @dataclass(frozen=True)
 class Sizes:

@@ -12,7 +12,7 @@ import dataclasses
 import sys
 
 from max_gpt2.errors import GPT2Error
-from max_gpt2.sampling import Sampling
+from max_gpt2.sampling import Sampling, check_max_new_tokens
 
 HELP = """\
 commands (settings last for the session):
@@ -20,7 +20,7 @@ commands (settings last for the session):
   /topk K     sample among the K likeliest tokens (0: off)
   /topp P     sample among the likeliest tokens holding mass P, 0 < P <= 1 (1: off)
   /max N      new tokens per answer, N >= 1
-  /seed S     make sampling reproducible (/seed off: random)
+  /seed S     make sampling reproducible, S >= 0 (/seed off: random)
   /greedy     always take the likeliest token (/sample to sample again)
   /settings   show the settings
   /help       this list
@@ -34,6 +34,9 @@ class Session:
     sampling: Sampling
     max_new_tokens: int
     sliding_window: bool = False
+
+    def __post_init__(self) -> None:
+        check_max_new_tokens(self.max_new_tokens)
 
     def describe(self) -> str:
         s = self.sampling
@@ -76,8 +79,7 @@ class Session:
             except ValueError:
                 raise GPT2Error(f"/{name} takes {'a whole number' if kind is int else 'a number'}, not {value!r}") from None
         if field == "max_new_tokens":
-            if parsed < 1:
-                raise GPT2Error(f"/max must be at least 1, got {parsed}")
+            check_max_new_tokens(parsed)
             self.max_new_tokens = parsed
         else:
             changes = {field: parsed}
@@ -94,8 +96,8 @@ def _example(field: str) -> str:
 def chat(model, sampling: Sampling, max_new_tokens: int, *, sliding_window: bool = False,
          stdin=None, stdout=None, stderr=None) -> int:
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
-    model._need_tokenizer()
-    model.step_graph  # noqa: B018  compile now (with progress), not on the first prompt
+    model.require_tokenizer()
+    model.compile(logits=False)  # now, with progress, not inside the first answer
     session = Session(sampling, max_new_tokens, sliding_window)
     interactive = stdin.isatty()
     if interactive:
@@ -142,7 +144,7 @@ def _read(stdin, interactive: bool) -> str | None:
 
 
 def _answer(model, session: Session, prompt: str, stdout, stderr, interactive: bool) -> None:
-    from max_gpt2.engine import Stats
+    from max_gpt2.text import Stats
 
     stats = Stats()
     pieces = model.stream(prompt, session.max_new_tokens, session.sampling,

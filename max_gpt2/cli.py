@@ -34,8 +34,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a mistake in the arguments as one line, like every other error, not the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"max-gpt2: error: {message} (see '{self.prog} --help')\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="max-gpt2",
         description="OpenAI's GPT-2 as a compiled Modular MAX graph. Without a command: chat.",
         epilog="Run 'max-gpt2 COMMAND --help' for a command's options.",
@@ -49,10 +56,10 @@ def parser() -> argparse.ArgumentParser:
     _generation_options(chat, temperature=0.8, top_k=50, top_p=0.95, max_new_tokens=100)
     chat.set_defaults(run=_run_chat)
 
-    gen = sub.add_parser("generate", help="continue one prompt and print it, for scripts",
+    gen = sub.add_parser("generate", help="continue one prompt and print the continuation, for scripts",
                          description="Continue one prompt and print the continuation.")
     _model_options(gen)
-    gen.add_argument("--prompt", required=True, help="the text to continue")
+    gen.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
     _generation_options(gen, temperature=0.8, top_k=50, top_p=0.95, max_new_tokens=100)
     gen.set_defaults(run=_run_generate)
 
@@ -84,15 +91,12 @@ def parser() -> argparse.ArgumentParser:
     conv.add_argument("--force", action="store_true", help="replace OUTPUT_DIR if it is not empty")
     conv.set_defaults(run=_run_convert)
 
-    try:
-        from max_gpt2 import bench
-    except ImportError:  # the benchmark's own dependencies are optional
-        bench = None
-    if bench is not None:
-        b = sub.add_parser("bench", help="compiled MAX vs eager inference, each engine in its own process",
-                           description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-        bench.add_arguments(b)
-        b.set_defaults(run=bench.run)
+    from max_gpt2 import bench  # only its options: the benchmark itself loads when it runs
+
+    b = sub.add_parser("bench", help="compiled MAX vs eager inference, each engine in its own process",
+                       description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_arguments(b)
+    b.set_defaults(run=bench.run)
     return p
 
 
@@ -128,23 +132,41 @@ def assumptions_said(status):
 
 
 def _generation_options(p, *, temperature, top_k, top_p, max_new_tokens) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
-                   help=f"tokens to generate per prompt (default: {max_new_tokens})")
-    p.add_argument("--temperature", type=float, default=temperature, metavar="T",
-                   help=f"sampling temperature; 0 is greedy (default: {temperature})")
-    p.add_argument("--top-k", type=int, default=top_k, metavar="K",
+    # The ranges are checked by Sampling and check_max_new_tokens, as for the Python API.
+    p.add_argument("--max-new-tokens", type=_whole_number, default=max_new_tokens, metavar="N",
+                   help=f"tokens to generate per prompt, at most until the context is full (default: {max_new_tokens})")
+    p.add_argument("--temperature", type=_number, default=temperature, metavar="T",
+                   help=f"sampling temperature, >= 0; 0 is greedy (default: {temperature})")
+    p.add_argument("--top-k", type=_whole_number, default=top_k, metavar="K",
                    help=f"sample among the K likeliest tokens; 0 turns it off (default: {top_k})")
-    p.add_argument("--top-p", type=float, default=top_p, metavar="P",
-                   help=f"sample among the likeliest tokens holding mass P; 1 turns it off (default: {top_p})")
-    p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    p.add_argument("--top-p", type=_number, default=top_p, metavar="P",
+                   help=f"sample among the likeliest tokens holding mass P, 0 < P <= 1; 1 turns it off (default: {top_p})")
+    p.add_argument("--seed", type=_whole_number, default=None, metavar="S",
+                   help="make sampling reproducible, S >= 0 (default: a random seed)")
     p.add_argument("--greedy", action="store_true", help="always take the likeliest token (no sampling)")
     p.add_argument("--sliding-window", action="store_true",
                    help="at the context limit, keep the last half and go on instead of stopping")
 
 
-def sampling_from(args):
-    from max_gpt2.sampling import Sampling
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def sampling_from(args):
+    """The generation options as Sampling; a bad value raises here, before the model loads."""
+    from max_gpt2.sampling import Sampling, check_max_new_tokens
+
+    check_max_new_tokens(args.max_new_tokens)
     return Sampling(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, seed=args.seed)
 
@@ -165,17 +187,17 @@ def load(args):
 def _run_chat(args) -> int:
     from max_gpt2.chat import chat
 
-    sampling = sampling_from(args)  # bad values fail before the model loads
-    if args.max_new_tokens < 1:
-        raise GPT2Error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    sampling = sampling_from(args)
     return chat(load(args), sampling, args.max_new_tokens, sliding_window=args.sliding_window)
 
 
 def _run_generate(args) -> int:
     sampling = sampling_from(args)
+    if not args.prompt:
+        raise GPT2Error("--prompt is empty: give some text to continue")
     model = load(args)
-    model._need_tokenizer()
-    model.step_graph  # noqa: B018  compile before generating, with progress
+    model.require_tokenizer()
+    model.compile(logits=False)  # before generating, with progress
     for piece in model.stream(args.prompt, args.max_new_tokens, sampling, sliding_window=args.sliding_window):
         sys.stdout.write(piece)
         sys.stdout.flush()

@@ -11,10 +11,8 @@ Each layer has two ways in:
   It also takes each token's position and which cached positions are real (not padding), so
   prompts of different lengths share one batch.
 
-`GPT2Step` runs `forward_cached` over a prompt (prefill); `GPT2Decode` is the same model for
-one token per row (decode), where each projection is a matrix-vector product bound by reading
-the weights, run by our own kernels (`kernels/matvec.mojo`) instead of MAX's general matmul,
-and attention is one kernel launch per layer (`kernels/attention.mojo`).
+`GPT2Prefill` runs `forward_cached` over a prompt; `max_gpt2.decode.GPT2Decode` is the same model
+for one token per row, with our own kernels.
 
 Shapes in comments: B batch, T new tokens, P past tokens, S = P + T, C n_embd, H heads, D head dim,
 L layers, V vocabulary.
@@ -22,98 +20,16 @@ L layers, V vocabulary.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import math
-import os
-from pathlib import Path
 
 import max.experimental.functional as F
 from max.driver import Device
 from max.dtype import DType
 from max.experimental.nn import Embedding, Linear, Module, ModuleList
-from max.experimental.tensor import Tensor, TensorType
+from max.experimental.tensor import Tensor
 from max.graph import Dim, DimLike, StaticDim
 
 from max_gpt2.config import TANH_GELU, GPT2Config
-
-
-KERNELS = Path(__file__).parent / "kernels"
-
-
-@functools.cache
-def kernel_library() -> Path:
-    """Our Mojo kernels (kernels/*.mojo) built once into a .mojoc, kept by content next to MAX's
-    compile cache.
-
-    MAX can take the source folder itself, but it rebuilds it in every process, and a graph with
-    a freshly built library takes tens of seconds to load even when the compiled graph is cached;
-    with an unchanged file it loads in seconds.
-    """
-    from max import _core
-    from mojo.paths import subprocess_run_mojo
-
-    sources = sorted(KERNELS.glob("*.mojo"))
-    digest = hashlib.sha256(_core.__version__.encode())
-    for source in sources:
-        digest.update(source.name.encode() + source.read_bytes())
-    folder = Path(_core.engine.max_cache_dir()).parent / "max-gpt2"
-    library = folder / f"max_gpt2_kernels_{digest.hexdigest()[:16]}.mojoc"
-    if not library.exists():
-        # Built under its final name (the compiler records it) in a private folder, then moved
-        # into place at once, so a concurrent process never reads half a file.
-        staging = folder / f".staging-{os.getpid()}"
-        staging.mkdir(parents=True, exist_ok=True)
-        subprocess_run_mojo(["precompile", str(KERNELS), "-o", str(staging / library.name)],
-                            capture_output=True, check=True)
-        os.replace(staging / library.name, library)
-        staging.rmdir()
-    return library
-
-
-def matvec(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    *,
-    norm: LayerNorm | None = None,
-    gelu: bool = False,
-    residual: Tensor | None = None,
-) -> Tensor:
-    """x @ weight.T + bias by our kernels, for few rows: (..., K) with weight [N, K] -> (..., N).
-
-    In the same kernel launch, optionally: `norm` (a LayerNorm) applied to x first, GELU (tanh
-    form; with `norm` only) applied after, `residual` added to the result.
-    """
-    *lead, k = x.shape
-    n = weight.shape[0]
-    rows = x.reshape([-1, k])  # (R, K)
-    if bias is None:
-        bias = F.broadcast_to(Tensor(0.0, dtype=x.dtype, device=x.device), [n])
-    out_type = TensorType(x.dtype, [rows.shape[0], n], device=x.device)
-    if norm is not None:
-        name, inputs = "gpt2_norm_matvec", [rows, norm.weight, norm.bias, weight, bias]
-        parameters = {"gelu": gelu, "epsilon": float(norm.eps)}
-    elif residual is not None:
-        name, inputs, parameters = "gpt2_matvec_add", [rows, weight, bias, residual.reshape([-1, n])], None
-    else:
-        name, inputs, parameters = "gpt2_matvec", [rows, weight, bias], None
-    out = F.custom(name, x.device, inputs, [out_type], parameters=parameters, custom_extensions=kernel_library())[0]
-    return out.reshape([*lead, n])
-
-
-def decode_attention(qkv: Tensor, past_k: Tensor, past_v: Tensor, key_mask: Tensor, scale: float):
-    """One new token per row attending to its cache, by our kernel (kernels/attention.mojo):
-    qkv (B, 1, 3C) from c_attn, past_k and past_v (B, H, P, D), key_mask (B, P + 1) added to the
-    scaled scores. Returns the attention (B, 1, C) and the new token's key and value (B, H, 1, D).
-    """
-    b, h, _, d = past_k.shape
-    rows = qkv.reshape([b, 3 * h * d])
-    types = [TensorType(qkv.dtype, [b, h * d], device=qkv.device)]
-    types += [TensorType(qkv.dtype, [b, h, 1, d], device=qkv.device)] * 2
-    out, k, v = F.custom("gpt2_decode_attention", qkv.device, [rows, past_k, past_v, key_mask], types,
-                         parameters={"scale": float(scale)}, custom_extensions=kernel_library())
-    return out.reshape([b, 1, h * d]), k, v
 
 
 def one(dim: DimLike) -> bool:
@@ -330,8 +246,8 @@ class GPT2LMHeadModel(Module):
 # ANCHOR_END: language_model_head
 
 
-class GPT2Step(GPT2LMHeadModel):
-    """One generation step: new tokens in, the next token's logits and the grown cache out.
+class GPT2Prefill(GPT2LMHeadModel):
+    """A prompt into the cache: new tokens in, the next token's logits and the grown cache out.
 
     The same parameters as GPT2LMHeadModel under the same names, so one state dict serves both
     compiled graphs; only `forward` differs.
@@ -340,67 +256,3 @@ class GPT2Step(GPT2LMHeadModel):
     def forward(self, input_ids, position_ids, key_mask, past_k, past_v):
         x, k, v = self.transformer.forward_cached(input_ids, position_ids, key_mask, past_k, past_v)
         return self.head(x[:, -1]), k, v  # (B, V), (L, B, H, S, D) twice
-
-
-class GPT2Decode(GPT2Step):
-    """One new token per row against a cache the caller keeps: the next token's logits and the
-    new token's keys and values (L, B, H, 1, D) out, for the caller to store in place.
-
-    A decode step reads all the weights to do two flops per weight, so its speed is the speed
-    at which the weights stream from memory. On a CPU every projection and the head run as
-    `matvec` (kernels/matvec.mojo), each with the layer norm, GELU or residual add around it in
-    the same kernel launch, and attention is `decode_attention` (kernels/attention.mojo); the
-    cache is read where it is, never copied to grow it. The cache may be longer than the tokens
-    so far: `key_mask` (P + 1 columns, the new token last) hides the unused positions, which the
-    kernel then does not read.
-    """
-
-    def __init__(self, config: GPT2Config, *, matvec: bool = True) -> None:
-        super().__init__(config)
-        self.use_matvec = matvec  # False on an accelerator: the kernels are for CPUs
-
-    def forward(self, input_ids, position_ids, key_mask, past_k, past_v):
-        t = self.transformer
-        x = t.wte(input_ids) + t.wpe(position_ids)  # (B, 1, C)
-        key_mask = F.rebind(key_mask, [input_ids.shape[0], Dim(past_k.shape[3]) + 1])  # (B, P + 1)
-        ks, vs = [], []
-        for i, block in enumerate(t.h):
-            x, k, v = self.block(block, x, key_mask, past_k[i], past_v[i])
-            ks.append(k)
-            vs.append(v)
-        return self.final_logits(x[:, -1]), F.stack(ks), F.stack(vs)  # (B, V), (L, B, H, 1, D) twice
-
-    def block(self, block: GPT2Block, x, key_mask, past_k, past_v):
-        """GPT2Block.forward_cached for one token: the new key is scored beside the P cached
-        ones, and the value's weighted sum is the cached part plus the new one."""
-        attn, mlp = block.attn, block.mlp
-        qkv = self.project(x, attn.c_attn, norm=block.ln_1)  # (B, 1, 3C)
-        if self.use_matvec:
-            out, k, v = decode_attention(qkv, past_k, past_v, key_mask, attn.scale)
-        else:  # GPT2Attention's arithmetic in MAX's ops
-            c = attn.n_head * attn.head_dim
-            q, k, v = (attn.split_heads(part) for part in F.split(qkv, [c, c, c], axis=2))  # (B, H, 1, D)
-            scores = F.concat([q @ past_k.transpose(-1, -2), q @ k.transpose(-1, -2)], axis=-1)  # (B, H, 1, P + 1)
-            weights = F.softmax(scores * attn.scale + key_mask[:, None, None, :])
-            past = past_k.shape[2]
-            out = attn.merge_heads(weights[:, :, :, :past] @ past_v + weights[:, :, :, past:] * v)  # (B, 1, C)
-        x = self.project(out, attn.c_proj, residual=x)
-        h = self.project(x, mlp.c_fc, norm=block.ln_2, act=mlp.activation_function)
-        return self.project(h, mlp.c_proj, residual=x), k, v
-
-    def project(self, x, linear: Linear, *, norm=None, act: str | None = None, residual=None):
-        """residual + act(linear(norm(x))), each part optional, in one launch where it can be."""
-        if not self.use_matvec:
-            y = linear(norm(x) if norm is not None else x)
-            y = activation(y, act) if act else y
-            return y + residual if residual is not None else y
-        gelu = norm is not None and act in TANH_GELU
-        y = matvec(x, linear.weight, linear.bias, norm=norm, gelu=gelu, residual=residual)
-        return activation(y, act) if act and not gelu else y
-
-    def final_logits(self, x: Tensor) -> Tensor:
-        """ln_f, then the LM head (`head`, which takes normalized input): one launch on a CPU."""
-        if not self.use_matvec:
-            return self.head(self.transformer.ln_f(x))
-        table = self.transformer.wte.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return matvec(x, table, norm=self.transformer.ln_f)

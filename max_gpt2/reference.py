@@ -21,6 +21,15 @@ import numpy as np
 
 from max_gpt2.config import GPT2Config
 
+# The models the tests and the tutorial's checkers make, named here once so both compile the same
+# graphs (MAX caches compiled graphs by their shapes: a shape shared is a compile saved). Nothing
+# is at GPT-2's defaults (head size 16, n_inner set, eps 1e-6), so a hard-coded 64, 3072 or 1e-5
+# shows up.
+_SMALL = dict(n_layer=3, n_embd=96, n_head=6, n_inner=200, layer_norm_epsilon=1e-6, n_positions=128)
+ODD = GPT2Config(**_SMALL)
+# An extended vocabulary with its own lm_head, as some fine-tunes have.
+UNTIED = GPT2Config(**_SMALL, vocab_size=50260, tie_word_embeddings=False)
+
 LAYOUTS = ("hub", "save_pretrained", "bin")
 
 

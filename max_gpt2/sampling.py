@@ -6,12 +6,13 @@ Applied in HF's order: temperature, then top-k, then top-p (nucleus). `do_sample
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
 
-from max_gpt2.errors import SettingsError
-
+from max_gpt2.errors import GenerationError, SettingsError
 
 
 @dataclass
@@ -26,12 +27,14 @@ class Sampling:
         self.validate()
 
     def validate(self) -> None:
-        if not isinstance(self.temperature, (int, float)) or not self.temperature >= 0:
-            raise SettingsError(f"temperature must be >= 0 (0 is greedy), got {self.temperature!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+        if not _number(self.temperature) or not 0 <= self.temperature < math.inf:
+            raise SettingsError(f"temperature must be >= 0 and finite (0 is greedy), got {self.temperature!r}")
+        if not _whole(self.top_k) or self.top_k < 0:
             raise SettingsError(f"top_k must be a whole number >= 0 (0 turns it off), got {self.top_k!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+        if not _number(self.top_p) or not 0 < self.top_p <= 1:
             raise SettingsError(f"top_p must be in (0, 1] (1 turns it off), got {self.top_p!r}")
+        if self.seed is not None and (not _whole(self.seed) or self.seed < 0):
+            raise SettingsError(f"seed must be a whole number >= 0, got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:
@@ -39,6 +42,20 @@ class Sampling:
 
     def sampler(self) -> Sampler:
         return Sampler(self)
+
+
+def check_max_new_tokens(max_new_tokens) -> None:
+    """Any count >= 1 is valid: generation stops at the context limit (n_positions) anyway."""
+    if not _whole(max_new_tokens) or max_new_tokens < 1:
+        raise GenerationError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 class Sampler:
@@ -61,7 +78,11 @@ class Sampler:
 
 def probabilities(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
     """The sampling distribution after temperature, top-k and top-p, as float64 rows summing to 1."""
-    x = logits.astype(np.float64) / temperature
+    # The largest logit is subtracted first: divided by a tiny temperature, raw logits would
+    # overflow to inf, and inf - inf is NaN. The rest may overflow to -inf: probability 0.
+    x = logits.astype(np.float64)
+    with np.errstate(over="ignore"):
+        x = (x - x.max(axis=-1, keepdims=True)) / temperature
     if 0 < top_k < x.shape[-1]:
         kth = np.partition(x, -top_k, axis=-1)[:, -top_k, None]
         x = np.where(x < kth, -np.inf, x)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from max_gpt2.errors import TokenizerError
+from max_gpt2.errors import GenerationError, TokenizerError
 
 EOS = "<|endoftext|>"
 
@@ -60,6 +60,11 @@ class GPT2Tokenizer:
         return self._tok.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a byte that was not UTF-8 in argv arrives as a lone surrogate
+            raise GenerationError(f"the text is not valid Unicode: character {e.start} is U+{ord(text[e.start]):04X}, "
+                                  "a lone surrogate (often a byte that was not UTF-8); give the text as UTF-8") from None
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids) -> str:

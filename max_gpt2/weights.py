@@ -52,7 +52,6 @@ class Checkpoint:
     source: str  # what the user named, for messages
     path: Path | None = None  # the local folder or file it was read from (None: in memory)
     folder: Path | None = None  # where tokenizer files may be
-    notes: list[str] = field(default_factory=list)  # things worth telling the user
     origin: dict[str, str] = field(default_factory=dict)  # config field -> where its value came from
 
     @property

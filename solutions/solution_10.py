@@ -1,7 +1,7 @@
 """Step 10 solution: sampling is max_gpt2.sampling (probabilities, Sampler); the loop below is the
 one thing of the tutorial's own, because the package's loop (max_gpt2/engine.py,
-GPT2.generate_tokens) keeps a KV cache and feeds only each new token, where this one recomputes
-the whole sequence at every step. Run this file to read the package's code:
+GPT2.generate_tokens) keeps a KV cache (max_gpt2/cache.py) and feeds only each new token, where
+this one recomputes the whole sequence at every step. Run this file to read the package's code:
 python solutions/solution_10.py
 """
 

@@ -56,7 +56,7 @@ def main(argv=None) -> None:
 
         from max_gpt2.checkpoints import huggingface
 
-        return print_source(huggingface.plan, GPT2.logits_graph.fget, GPT2._compile)
+        return print_source(plan, GPT2.graph, GPT2._compile)
     parser = argparse.ArgumentParser(prog="solution_11.py chat", description="GPT-2 on MAX, from the package's pieces.")
     parser.add_argument("checkpoint", nargs="?", default="gpt2")
     parser.add_argument("--max-new-tokens", type=int, default=40)

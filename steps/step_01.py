@@ -9,7 +9,7 @@ that our code can be read next to transformers' and the checkpoint's keys.
 
 When finished, it lives in: max_gpt2/config.py, class GPT2Config.
 
-Check:   pixi run s01   (or: make s01)
+Check:   pixi run s01   (or: make s01; the checker is checks/s01_config.py)
 Compare: python solutions/solution_01.py
 """
 

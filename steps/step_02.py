@@ -15,7 +15,7 @@ GPT-2 specifics:
 
 When finished, it lives in: max_gpt2/model.py, class GPT2MLP (ANCHOR: feed_forward_network).
 
-Check:   pixi run s02   (or: make s02)
+Check:   pixi run s02   (or: make s02; the checker is checks/s02_mlp.py)
 Compare: python solutions/solution_02.py
 """
 

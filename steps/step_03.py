@@ -9,12 +9,12 @@ the mask, position i would read position i + 1, the very token it must predict. 
 a score makes its softmax weight exactly 0.
 
 In this tutorial P is always 0 (the whole sequence is computed at once). The package's
-generation keeps earlier keys in a cache and computes only the new token, so P > 0 there; it
-costs two lines here, so you write them too.
+generation keeps earlier keys in a cache (max_gpt2/cache.py) and computes only the new token,
+so P > 0 there; it costs two lines here, so you write them too.
 
 When finished, it lives in: max_gpt2/model.py, function causal_mask (ANCHOR: causal_mask).
 
-Check:   pixi run s03   (or: make s03)
+Check:   pixi run s03   (or: make s03; the checker is checks/s03_mask.py)
 Compare: python solutions/solution_03.py
 """
 

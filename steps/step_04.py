@@ -19,10 +19,14 @@ The data flow, with B batch, T positions, C = n_embd, H = n_head, D = head_dim =
     -> attend: softmax(q @ k^T / sqrt(D) + mask) @ v -> (B, H, T, D)
     -> merge_heads -> (B, T, C) -> c_proj -> (B, T, C)
 
+The methods come in the order to write them, which is the order the checker checks them: the
+two reshapes and attend first, each on its own known inputs, then split_qkv and forward, which
+put them together.
+
 When finished, it lives in: max_gpt2/model.py, class GPT2Attention
 (ANCHOR: multi_head_attention).
 
-Check:   pixi run s04   (or: make s04)
+Check:   pixi run s04   (or: make s04; the checker is checks/s04_attention.py)
 Compare: python solutions/solution_04.py
 """
 
@@ -49,13 +53,6 @@ class GPT2Attention(Module):
         # (layer_idx is unused in GPT-2; the package takes it for GPT-2 variants that scale by layer.)
         raise NotImplementedError("TODO 4.1: c_attn, c_proj, n_head, head_dim, scale")
 
-    def split_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, T, C) -> three (B, H, T, D): query, key, value."""
-        # TODO 4.5: apply c_attn, cut its output into three C-wide pieces along the last axis,
-        # and split each into heads.
-        # Hint: F.split(t, [c, c, c], axis=2) returns the three pieces.
-        raise NotImplementedError("TODO 4.5: c_attn, then split into q, k, v and into heads")
-
     def split_heads(self, x: Tensor) -> Tensor:
         """(B, T, C) -> (B, H, T, D): each head gets its own D-wide slice of the features."""
         # TODO 4.2: reshape to (B, T, H, D), then swap the T and H axes.
@@ -75,6 +72,13 @@ class GPT2Attention(Module):
         # keys (the last axis); the weighted sum of v.
         # Hint: k.transpose(-1, -2); F.softmax(scores) works on the last axis.
         raise NotImplementedError("TODO 4.4: attend")
+
+    def split_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, C) -> three (B, H, T, D): query, key, value."""
+        # TODO 4.5: apply c_attn, cut its output into three C-wide pieces along the last axis,
+        # and split each into heads.
+        # Hint: F.split(t, [c, c, c], axis=2) returns the three pieces.
+        raise NotImplementedError("TODO 4.5: c_attn, then split into q, k, v and into heads")
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, T, C)
         # TODO 4.6: split_qkv; the causal mask for T = x.shape[1] new tokens and 0 cached ones

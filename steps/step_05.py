@@ -14,7 +14,7 @@ the config's layer_norm_epsilon (1e-5 for GPT-2; the checker uses a model with a
 
 When finished, it lives in: max_gpt2/model.py, class LayerNorm (ANCHOR: layer_normalization).
 
-Check:   pixi run s05   (or: make s05)
+Check:   pixi run s05   (or: make s05; the checker is checks/s05_layer_norm.py)
 Compare: python solutions/solution_05.py
 """
 

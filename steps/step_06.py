@@ -15,7 +15,7 @@ This step uses your own pieces: GPT2MLP (step 02), GPT2Attention (step 04), Laye
 
 When finished, it lives in: max_gpt2/model.py, class GPT2Block (ANCHOR: transformer_block).
 
-Check:   pixi run s06   (or: make s06)
+Check:   pixi run s06   (or: make s06; the checker is checks/s06_block.py)
 Compare: python solutions/solution_06.py
 """
 

@@ -16,7 +16,7 @@ layer norm), as in the checkpoint: `transformer.h.3.attn.c_attn.weight` is block
 When finished, it lives in: max_gpt2/model.py, class GPT2Model
 (ANCHOR: stacking_transformer_blocks).
 
-Check:   pixi run s07   (or: make s07)
+Check:   pixi run s07   (or: make s07; the checker is checks/s07_model.py)
 Compare: python solutions/solution_07.py
 """
 

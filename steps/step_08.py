@@ -14,7 +14,7 @@ nonsense).
 When finished, it lives in: max_gpt2/model.py, class GPT2LMHeadModel
 (ANCHOR: language_model_head).
 
-Check:   pixi run s08   (or: make s08)
+Check:   pixi run s08   (or: make s08; the checker is checks/s08_lm_head.py)
 Compare: python solutions/solution_08.py
 """
 

@@ -18,7 +18,7 @@ runs the algorithm, in Rust, exactly as transformers' GPT2TokenizerFast does):
 
 When finished, it lives in: max_gpt2/tokenizer.py, class GPT2Tokenizer.
 
-Check:   pixi run s09   (or: make s09)
+Check:   pixi run s09   (or: make s09; the checker is checks/s09_tokenizer.py)
 Compare: python solutions/solution_09.py
 """
 
@@ -53,6 +53,6 @@ class GPT2Tokenizer:
         raise NotImplementedError("TODO 9.5: encode")
 
     def decode(self, ids: list[int]) -> str:
-        # TODO 9.5: the text of `ids`, special tokens included.
+        # TODO 9.6: the text of `ids`, special tokens included.
         #   Hint: self._tok.decode(ids, skip_special_tokens=False)
-        raise NotImplementedError("TODO 9.5: decode")
+        raise NotImplementedError("TODO 9.6: decode")

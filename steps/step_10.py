@@ -17,10 +17,11 @@ Everything here runs on the host in numpy: one [batch, vocab] row per step. This
 whole sequence through the model at every step. The package keeps each layer's keys and values
 from earlier steps (a KV cache) and feeds only the new token: same tokens, much less work.
 
-When finished, it lives in: max_gpt2/sampling.py (probabilities, Sampler). The package's
-loop, with its KV cache, is GPT2.generate_tokens in max_gpt2/engine.py.
+When finished, it lives in: max_gpt2/sampling.py (function probabilities, class Sampler). The
+package's token loop is GPT2.generate_tokens in max_gpt2/engine.py; its KV cache is
+max_gpt2/cache.py; generate(), which turns a prompt into text, is max_gpt2/text.py.
 
-Check:   pixi run s10   (or: make s10)
+Check:   pixi run s10   (or: make s10; the checker is checks/s10_generation.py)
 Compare: python solutions/solution_10.py
 """
 
@@ -44,6 +45,7 @@ def probabilities(logits: np.ndarray, temperature: float, top_k: int, top_p: flo
     # TODO 10.2: top-k: when 0 < top_k < vocab, set every logit below the row's k-th largest to
     # -inf (softmax gives those 0). Keep ties with the k-th, as transformers does.
     # Hint: np.partition(x, -top_k, axis=-1)[:, -top_k, None] is each row's k-th largest value.
+    # Write both in place of the `raise` line below; the `return softmax(x)` after it stays.
     raise NotImplementedError("TODO 10.1: temperature (then 10.2: top-k)")
     return softmax(x)
 

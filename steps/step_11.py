@@ -22,10 +22,15 @@ The facts about OpenAI's checkpoint, which is why this step exists:
   causal mask, stored as a buffer. Careful: "h.N.attn.c_attn.bias" *is* a weight.
 - There is no lm_head.weight: the head is wte (step 08).
 
-When finished, it lives in: max_gpt2/weights.py (adapt: the checkpoint's tensors -> our state
-dict). The package compiles and runs it in max_gpt2/engine.py (GPT2).
+When finished, it lives in: max_gpt2/checkpoints/huggingface.py, function plan (what happens to
+each stored tensor; max_gpt2/weights.py's adapt applies it). See the mapping for any checkpoint,
+read from the real file: `max-gpt2 inspect gpt2` (also OpenAI's TensorFlow folder, an
+LLMs-from-scratch .pth, nanoGPT's ckpt.pt: their tensors take other routes to the same
+parameters). The package builds its modules for compiling with max_gpt2/graphs.py's
+building(), compiles and runs them in max_gpt2/engine.py (class GPT2), and its prompt loop is
+max_gpt2/chat.py (function chat).
 
-Check:   pixi run s11   (or: make s11)
+Check:   pixi run s11   (or: make s11; the checker is checks/s11_weights.py)
 Compare: python solutions/solution_11.py
 """
 
@@ -71,6 +76,7 @@ def load_weights(folder: Path) -> tuple[GPT2Config, dict[str, np.ndarray]]:
     # TODO 11.3: transpose (value.T) the Conv1D weights: names ending in ".attn.c_attn.weight",
     #   ".attn.c_proj.weight", ".mlp.c_fc.weight" or ".mlp.c_proj.weight". Not their biases.
     # and store np.ascontiguousarray(value, dtype=np.float32): MAX wants contiguous float32.
+    # Write the loop in place of the `raise` line below; the `return config, state` after it stays.
     raise NotImplementedError("TODO 11.1: turn the checkpoint's tensors into your state dict")
     return config, state
 
@@ -78,9 +84,12 @@ def load_weights(folder: Path) -> tuple[GPT2Config, dict[str, np.ndarray]]:
 def compile_model(config: GPT2Config, state: dict[str, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
     """Your GPT2LMHeadModel, compiled with `state` as its weights: ids [B, T] -> logits [B, T, V]."""
     # TODO 11.4: three moves.
-    # 1. Build the model lazily, on the CPU, in float32: under
+    # 1. Build the model lazily, on the CPU, in float32:
     #        with F.lazy(), default_device(CPU()), default_dtype(DType.float32):
-    #    no memory is spent on its initial values, which the weights replace anyway.
+    #            model = GPT2LMHeadModel(config)
+    #    Lazily, a module only describes its tensors. Made eagerly, every weight would first be
+    #    filled with random numbers, op by op, only to be replaced by the checkpoint's at compile
+    #    time. (The package writes this block once: max_gpt2/graphs.py, building().)
     # 2. Compile it for int64 token ids of symbolic shape ("batch", "seqlen"):
     #        model.compile(TensorType(DType.int64, ("batch", "seqlen"), device=CPU()), weights=state)
     #    Named dimensions are symbolic: one graph serves every batch size and length. (Do not

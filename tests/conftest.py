@@ -14,15 +14,10 @@ from pathlib import Path
 import pytest
 
 from max_gpt2.config import GPT2Config
+from max_gpt2.reference import ODD, UNTIED
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the Hub
-
-ODD = GPT2Config(n_layer=3, n_embd=96, n_head=6, n_inner=200, layer_norm_epsilon=1e-6, n_positions=128)
-UNTIED = GPT2Config(
-    n_layer=3, n_embd=96, n_head=6, n_inner=200, layer_norm_epsilon=1e-6, n_positions=128,
-    vocab_size=50260, tie_word_embeddings=False,
-)
 
 
 class Made:

@@ -19,7 +19,8 @@ import pytest
 CLI = [str(Path(sys.executable).with_name("max-gpt2"))]
 ENGINES = ("max-compiled-kv", "max-compiled-recompute", "max-eager", "torch-eager")
 FIELDS = ("decode_tokens_per_s", "prefill_ms", "batch8_tokens_per_s", "ttft_ms", "compile_s_cold", "compile_s_warm",
-          "peak_rss_mb", "greedy_tokens_match")
+          "peak_rss_mb", "greedy_tokens_match", "teacher_forced_top1_agreement", "max_abs_logit_diff")
+PEERS = ("ctranslate2-fp32", "onnxruntime-fp32")
 
 
 def bench(*args, timeout=900):
@@ -61,7 +62,10 @@ def test_quick_bench_writes_a_complete_json_and_a_png(hub, tmp_path):
         assert engine["decode_tokens_per_s"] > 0 and engine["batch8_tokens_per_s"] > 0 and engine["ttft_ms"] > 0
         assert engine["peak_rss_mb"] > 0
         assert engine["greedy_tokens_match"] is True, name  # a fast wrong answer does not count
+        assert engine["teacher_forced_top1_agreement"] == 1.0 and engine["max_abs_logit_diff"] < 1e-2, name
         assert engine["compile_s_cold"] is None  # --quick skips the cold compile
+    assert report["engines"]["torch-eager"]["max_abs_logit_diff"] == 0.0  # transformers against itself
+    assert report["engines"]["max-eager"]["teacher_forced_top1_agreement"] is None  # minutes a forward: not asked
     for name in ("max-compiled-kv", "max-compiled-recompute"):
         assert report["engines"][name]["compile_s_warm"] > 0
     assert len(report["engines"]["max-compiled-kv"]["per_round"]["compile_s_warm"]) == 2  # a new process each round
@@ -81,18 +85,63 @@ def test_quick_bench_writes_a_complete_json_and_a_png(hub, tmp_path):
     assert "decode, batch 1 (tokens/s)" in result.stdout and "roofline:" in result.stdout
 
 
+def missing_peers() -> str | None:
+    from max_gpt2.bench.arguments import unavailable
+
+    reasons = [f"{e}: {unavailable(e)}" for e in PEERS if unavailable(e)]
+    return "; ".join(reasons) or None
+
+
+@pytest.mark.skipif(missing_peers() is not None, reason=str(missing_peers()))
+def test_peers_fill_the_same_fields_and_match_transformers(hub, tmp_path):
+    """CTranslate2 and ONNX Runtime, converted from the same checkpoint: the same report as any
+    engine, and float32 end to end (their greedy tokens and teacher-forced logits are
+    transformers')."""
+    out = tmp_path / "bench.json"
+    result = bench("--model", str(hub.path), "--quick", "--engines", ",".join(PEERS), "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert set(report["engines"]) == set(PEERS)
+    for name, engine in report["engines"].items():
+        assert set(FIELDS) <= set(engine), name
+        assert engine["status"] == "ok", (name, engine["status"])
+        assert set(engine["prefill_ms"]) == {"8", "16"} and all(v > 0 for v in engine["prefill_ms"].values())
+        assert engine["decode_tokens_per_s"] > 0 and engine["batch8_tokens_per_s"] > 0 and engine["ttft_ms"] > 0
+        assert engine["peak_rss_mb"] > 0
+        assert engine["greedy_tokens_match"] is True and engine["greedy_tokens_checked"] > 0, name
+        assert engine["teacher_forced_top1_agreement"] == 1.0 and engine["max_abs_logit_diff"] < 1e-2, name
+    assert "teacher-forced top-1" in result.stdout
+
+
+def test_a_peer_without_its_extra_is_skipped_with_one_line(hub, tmp_path):
+    """A peer engine whose package is not installed is not an error: bench says why and goes on."""
+    out = tmp_path / "bench.json"
+    script = ("import sys; sys.modules['ctranslate2'] = None  # as if not installed\n"
+              "from max_gpt2.cli import main; sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", script, "bench", "--model", str(hub.path), "--quick", "--rounds", "1",
+                             "--engines", "ctranslate2-fp32", "--json", str(out)], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    reason = "skipped: needs ctranslate2 (pip install 'max-gpt2[bench-peers]')"
+    assert f"· ctranslate2-fp32: {reason}" in result.stderr.splitlines(), result.stderr  # one whole line
+    engine = json.loads(out.read_text())["engines"]["ctranslate2-fp32"]
+    assert engine["status"] == reason
+    assert set(FIELDS) <= set(engine) and engine["decode_tokens_per_s"] is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process state from Linux's /proc")
 def test_a_worker_reports_its_own_peak_rss_and_is_stopped_between_tasks(tmp_path):
     """A child's ru_maxrss (wait4, getrusage) starts from its parent's RSS, carried across exec:
     measured that way, every engine once reported the 1.5 GB of the bench process that had
     written the checkpoint. The worker reports its own high-water mark instead."""
-    from max_gpt2.bench import _Process
+    from max_gpt2.bench.worker import Worker
 
     ballast = np.ones(3 * 2**30 // 8)  # 3 GiB in this process, every page touched
-    p = _Process(None, "", tmp_path, budget=float("inf"), timeout=120)
+    p = Worker(None, "", tmp_path, timeout=120)
     try:
         reply = p.call({"task": "bandwidth"})  # a streaming read of a 1 GiB array of its own
         for _ in range(100):  # SIGSTOP is delivered when the process is next scheduled
-            state = Path(f"/proc/{p.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            state = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
             if state == "T":
                 break
             time.sleep(0.02)
@@ -101,22 +150,23 @@ def test_a_worker_reports_its_own_peak_rss_and_is_stopped_between_tasks(tmp_path
     assert reply is not None and reply["bandwidth_gb_s"] > 0, p.status
     assert 1024 < p.peak_rss_mb < 2048, p.peak_rss_mb
     del ballast
-    # Between tasks a worker is stopped: an idle MAX process otherwise takes 13-15% of a core
+    # Between tasks a worker is stopped: an idle MAX process otherwise takes a share of a core
     # from the engine being measured.
     assert state == "T", state
     assert p.proc.returncode == 0  # and resumed to end normally
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the kernel ends the worker only on Linux; checked in /proc")
 def test_a_worker_dies_with_the_bench(tmp_path):
     """A worker waits stopped in a session of its own; a bench killed outright (SIGKILL, out of
     memory) cannot close it, so the kernel must end it."""
     script = f"""
 import os, signal
 from pathlib import Path
-from max_gpt2.bench import _Process
-p = _Process(None, "", Path({str(tmp_path)!r}), budget=float("inf"), timeout=120)
+from max_gpt2.bench.worker import Worker
+p = Worker(None, "", Path({str(tmp_path)!r}), timeout=120)
 assert p.call({{"task": "bandwidth"}}) is not None, p.status
-print(p.proc.pid, flush=True)
+print(p.pid, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,

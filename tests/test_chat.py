@@ -9,6 +9,10 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from max_gpt2.chat import Session
+from max_gpt2.errors import GPT2Error
+from max_gpt2.sampling import Sampling
+
 CLI = str(Path(sys.executable).with_name("max-gpt2"))
 PROMPT = "› "
 STATS = re.compile(r"\d+ tokens · [\d.]+ tokens/s · first token \d+ ms")
@@ -64,9 +68,11 @@ def test_answers_stream_with_a_stats_line_and_settings_commands_work(repl):
         ("/topk abc", "error: /topk takes a whole number, not 'abc'"),
         ("/topp 2", "error: top_p must be in (0, 1]"),
         ("/temp -1", "error: temperature must be >= 0"),
-        ("/max 0", "error: /max must be at least 1"),
+        ("/max 0", "error: max_new_tokens must be a whole number >= 1, got 0"),
+        ("/seed -1", "error: seed must be a whole number >= 0, got -1"),  # was taken, then ended the loop
+        ("/temp inf", "error: temperature must be >= 0 and finite (0 is greedy), got inf"),
         ("/bogus", "error: unknown command /bogus"),
-        ("word " * 300, "tokens; GPT-2 reads at most 128 and needs room for new ones"),
+        ("word " * 300, "tokens; GPT-2 reads at most 128: shorten it"),
     ],
 )
 def test_bad_input_is_explained_and_the_session_goes_on(repl, line, message):
@@ -89,7 +95,10 @@ def test_ctrl_c_stops_a_generation_and_the_session_goes_on(hub):
 
 def test_a_full_context_is_announced(hub):
     child = spawn(hub, "--max-new-tokens", "500")
-    assert "[the context is full (128 tokens); start with --sliding-window to keep going]" in ask(child, "Hello")
+    full = "[the context is full (128 tokens); start with --sliding-window to keep going]"
+    assert full in ask(child, "Hello")
+    assert "up to 99999999999 new tokens" in ask(child, "/max 99999999999")
+    assert full in ask(child, "Hello")
     child.close(force=True)
 
 
@@ -121,3 +130,72 @@ def test_piped_stdin_prints_each_result_and_exits_0(hub):
     assert result.stdout.decode() == f"{sampled}\n{greedy[0]}\n{greedy[1]}\n"
     assert "error: that line is not UTF-8 text" in result.stderr.decode()
     assert "Traceback" not in result.stderr.decode()
+
+
+# Every setting at its edges, through Session (what the prompt loop calls for a /command).
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("/seed -1", "seed must be a whole number >= 0, got -1"),
+        ("/seed 2**70", "/seed takes a whole number, not '2**70'"),
+        ("/seed 1.5", "/seed takes a whole number, not '1.5'"),
+        ("/temp nan", "temperature must be >= 0 and finite (0 is greedy), got nan"),
+        ("/temp inf", "temperature must be >= 0 and finite (0 is greedy), got inf"),
+        ("/temp 1e999", "temperature must be >= 0 and finite (0 is greedy), got inf"),
+        ("/temp -0.1", "temperature must be >= 0 and finite (0 is greedy), got -0.1"),
+        ("/temp", "/temp needs a value, e.g. /temp 0.7"),
+        ("/topk 1.5", "/topk takes a whole number, not '1.5'"),
+        ("/topk -1", "top_k must be a whole number >= 0 (0 turns it off), got -1"),
+        ("/topp 0", "top_p must be in (0, 1] (1 turns it off), got 0.0"),
+        ("/topp nan", "top_p must be in (0, 1] (1 turns it off), got nan"),
+        ("/topp inf", "top_p must be in (0, 1] (1 turns it off), got inf"),
+        ("/topp -inf", "top_p must be in (0, 1] (1 turns it off), got -inf"),
+        ("/max 0", "max_new_tokens must be a whole number >= 1, got 0"),
+        ("/max -3", "max_new_tokens must be a whole number >= 1, got -3"),
+        ("/max 1e3", "/max takes a whole number, not '1e3'"),
+        ("/max inf", "/max takes a whole number, not 'inf'"),
+        ("/", "unknown command /; /help lists them"),
+    ],
+)
+def test_a_bad_setting_is_refused_and_the_settings_stay(line, message):
+    session = Session(Sampling(do_sample=True, temperature=0.8, top_k=50, top_p=0.95, seed=3), 100)
+    before = session.describe()
+    with pytest.raises(GPT2Error) as raised:
+        session.command(line)
+    assert str(raised.value) == message
+    assert session.describe() == before
+
+
+@pytest.mark.parametrize(
+    "line, shown",
+    [
+        ("/seed 1180591620717411303424", "seed 1180591620717411303424"),  # 2**70
+        ("/seed 0", "seed 0"),
+        ("/topk 1000000000", "top-k 1000000000"),
+        ("/temp 1e-300", "temperature 1e-300"),
+        ("/max 99999999999", "up to 99999999999 new tokens"),
+    ],
+)
+def test_a_large_or_tiny_valid_setting_is_taken(line, shown):
+    assert shown in Session(Sampling(), 100).command(line)
+
+
+def test_extreme_valid_settings_sample_real_tokens():
+    """A tiny temperature is greedy in effect, not NaN; a huge top_k is no limit; a 2**70 seed seeds.
+    No numpy warning either: it would print in the middle of an answer."""
+    import warnings
+
+    import numpy as np
+
+    logits = np.array([[300.0, 100.0, 299.0, -50.0]], np.float32)
+    for settings in (Sampling(do_sample=True, temperature=1e-310, seed=2**70), Sampling(do_sample=True, top_k=10**9, seed=0)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            token = int(settings.sampler()(logits)[0])
+        assert token in (0, 2)
+
+
+def test_every_graph_is_compiled_before_the_first_prompt(repl):
+    """No compile progress inside an answer: the prompt loop compiles prefill and decode at start."""
+    out = ask(repl, "The meaning of life is")
+    assert STATS.search(out) and "compil" not in out, out

@@ -64,17 +64,85 @@ def test_generate_with_a_seed_is_reproducible(hub):
     assert run(*args).stdout == run(*args).stdout
 
 
-@pytest.mark.parametrize(
-    "args, fragment",
-    [
-        (["--temperature", "-1"], "temperature must be >= 0"),
-        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
-        (["--top-k", "-3"], "top_k must be a whole number >= 0"),
-        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
-    ],
-)
-def test_bad_settings_fail_before_loading(args, fragment):
-    assert_one_clear_error(run("chat", "--model", "/nonexistent", *args), fragment)
+# Every generation option at its edges: (command line options, the same values through the
+# Python API). None: argparse refuses the text itself. Each must fail before the model loads:
+# --model names no checkpoint, so a check that came after loading would report that instead.
+BAD_OPTIONS = [
+    (["--seed", "-1"], dict(seed=-1)),
+    (["--seed", "2**70"], None),
+    (["--seed", "1.5"], None),
+    (["--temperature", "-1"], dict(temperature=-1.0)),
+    (["--temperature", "nan"], dict(temperature=float("nan"))),
+    (["--temperature", "inf"], dict(temperature=float("inf"))),
+    (["--temperature", "1e999"], dict(temperature=float("inf"))),
+    (["--temperature", "warm"], None),
+    (["--top-k", "-3"], dict(top_k=-3)),
+    (["--top-k", "1.5"], None),
+    (["--top-p", "0"], dict(top_p=0.0)),
+    (["--top-p", "1.5"], dict(top_p=1.5)),
+    (["--top-p", "nan"], dict(top_p=float("nan"))),
+    (["--top-p", "inf"], dict(top_p=float("inf"))),
+    (["--top-p=-inf"], dict(top_p=float("-inf"))),  # "--top-p -inf" reads -inf as an option
+    (["--max-new-tokens", "0"], dict(max_new_tokens=0)),
+    (["--max-new-tokens", "-5"], dict(max_new_tokens=-5)),
+    (["--max-new-tokens", "1e3"], None),
+    (["--device", "tpu"], None),
+    (["--no-such-option"], None),
+]
+
+
+def api_error(kwargs) -> str:
+    """The sentence the Python API raises for these values."""
+    from max_gpt2.errors import GPT2Error
+    from max_gpt2.sampling import Sampling, check_max_new_tokens
+
+    kwargs = dict(kwargs)
+    with pytest.raises(GPT2Error) as raised:
+        check_max_new_tokens(kwargs.pop("max_new_tokens", 1))
+        Sampling(do_sample=True, **kwargs)
+    return str(raised.value)
+
+
+@pytest.mark.parametrize("command", ["chat", "generate"])
+@pytest.mark.parametrize("args, api", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_a_bad_option_is_one_line_before_loading(command, args, api):
+    prompt = ["--prompt", "x"] if command == "generate" else []
+    result = run(command, "--model", "/nonexistent", *prompt, *args)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    line = result.stderr.strip()
+    if api is None:
+        assert line.startswith(f"max-gpt2: error: argument {args[0]}") or "unrecognized" in line, line
+        assert line.endswith(" --help')"), line
+    else:
+        assert line == f"max-gpt2: error: {api_error(api)}"
+
+
+def test_an_empty_prompt_is_refused_before_loading():
+    assert_one_clear_error(run("generate", "--model", "/nonexistent", "--prompt", ""), "--prompt is empty")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["generate"], "the following arguments are required: --prompt"),
+    (["verify", "--model", "/nonexistent", "--seed", "1"], "unrecognized arguments: --seed 1"),
+    (["chat", "--max-new-tokens"], "argument --max-new-tokens: expected one argument"),
+])
+def test_a_mistake_in_the_arguments_is_one_line(args, fragment):
+    result = run(*args)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert_one_clear_error(result, fragment)
+
+
+def test_a_large_max_new_tokens_stops_at_the_context(hub):
+    result = run("generate", "--model", str(hub.path), "--prompt", "Hi", "--greedy", "--max-new-tokens", str(10**12))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == hub.model.generate("Hi", hub.config.n_positions) + "\n"
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line(hub):
+    result = subprocess.run([*CLI, "generate", "--model", str(hub.path), "--prompt", b"caf\xe9"], capture_output=True,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert_one_clear_error(result, "the text is not valid Unicode: character 3 is U+DCE9")
 
 
 def test_nonexistent_path():

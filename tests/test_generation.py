@@ -1,10 +1,12 @@
 """KV-cached generation: token-for-token transformers, batches, sampling, stops and limits."""
 
+import threading
+
 import numpy as np
 import pytest
 
-from max_gpt2 import GPT2, Sampling, engine
-from max_gpt2.engine import GenerationError
+from max_gpt2 import GPT2, Sampling, cache
+from max_gpt2.errors import GenerationError
 from max_gpt2.reference import reference_greedy
 from max_gpt2.sampling import SettingsError, probabilities
 
@@ -49,13 +51,14 @@ def test_batch_text_equals_single_text(hub):
                                                  "tiles of eight rows and one left"])
 def test_decode_logits_equal_a_full_recompute_at_every_step(hub, batch, monkeypatch):
     model = hub.model
-    monkeypatch.setattr(engine, "CACHE_CHUNK", 4)  # the cache grows (is copied) every 4 steps here
-    monkeypatch.setattr(model, "_spare", None)  # and is new, not an earlier generation's memory
+    monkeypatch.setattr(cache, "CHUNK", 4)  # the cache grows (is copied) every 4 steps here
+    model.cache_pool.clear()  # and is new, not an earlier generation's memory
     # The decode kernels take eight rows at a time, or four, then one.
     more = ["Once upon a time", "In 1969, the first", "Dear Sir,", "Chapter 1", "It was a dark and stormy",
             "import numpy as np", "Q: What is 2 + 2?\nA:"]
     rows = [model.tokenizer.encode(p) for p in (PROMPTS + more)[:batch]]
-    logits, cache = model._prefill(rows)
+    generation = model.start(rows)
+    logits = generation.logits
     for _ in range(12):
         for row, got in zip(rows, logits):
             full = model.logits([row])[0, -1]
@@ -63,47 +66,47 @@ def test_decode_logits_equal_a_full_recompute_at_every_step(hub, batch, monkeypa
         nxt = logits.argmax(axis=-1)
         for row, t in zip(rows, nxt):
             row.append(int(t))
-        logits, cache = model._decode(nxt, cache)
+        logits = generation.step(nxt)
+    generation.close()
 
 
 def test_generation_allocates_its_cache_once(hub, monkeypatch):
     """Room for every new token is made at prefill: growing the cache mid-generation copies all
     of it (the test above grows it, and so tests that path)."""
-    monkeypatch.setattr(engine, "CACHE_CHUNK", 1)  # capacity = exactly what was asked for
-    model, sizes = hub.model, []
-    monkeypatch.setattr(model, "_spare", None)  # no earlier generation's memory to take
-    reserve = model._reserve
-
-    def spy(cache, length):
-        before = cache.k
-        reserve(cache, length)
-        if cache.k is not before:
-            sizes.append(cache.k.shape[3])
-
-    monkeypatch.setattr(model, "_reserve", spy)
+    monkeypatch.setattr(cache, "CHUNK", 1)  # capacity = exactly what was asked for
+    model = hub.model
+    model.cache_pool.clear()
     rows = [model.tokenizer.encode(p) for p in PROMPTS]
-    assert len(list(model.generate_tokens(rows, 70))) == 70
-    assert sizes == [max(map(len, rows)) + 69]  # the 70th token's keys are never stored
+    generation = model.start(rows, 70)
+    memory = generation.cache.k
+    assert memory.shape[3] == max(map(len, rows)) + 69  # the 70th token's keys are never stored
+    for _ in range(69):
+        generation.step(generation.logits.argmax(axis=-1))
+    assert generation.cache.k is memory
+    generation.close()
 
 
-def test_a_finished_generation_lends_its_cache_memory_to_the_next(hub, monkeypatch):
+def test_a_finished_generation_lends_its_cache_memory_to_the_next(hub):
     """Whatever the earlier generation left in the memory is hidden from the next: here NaN."""
     model = hub.model
-    monkeypatch.setattr(model, "_spare", None)
+    model.cache_pool.clear()
     rows = [model.tokenizer.encode(p) for p in PROMPTS]
-    first = ours_greedy(model, rows, 20)
-    lent = model._spare
-    lent.k[...] = np.nan
-    lent.v[...] = np.nan
-    assert ours_greedy(model, rows, 20) == first
-    assert model._spare.k is lent.k  # the same memory served the second generation
+    first = model.start(rows, 20)
+    k, v = first.cache.k, first.cache.v
+    first.close()
+    k[...] = np.nan
+    v[...] = np.nan
+    second = model.start(rows, 20)
+    assert second.cache.k is k  # the same memory serves the second generation
+    second.close()
+    assert ours_greedy(model, rows, 20) == [reference_greedy(hub.reference, r, 20) for r in rows]
 
 
-def test_generations_in_progress_never_share_a_cache(hub, monkeypatch):
+def test_generations_in_progress_never_share_a_cache(hub):
     """A generation lends its cache only when it is over: one still going keeps its own while
     others start and finish."""
     model = hub.model
-    monkeypatch.setattr(model, "_spare", None)
+    model.cache_pool.clear()
     a, b, c = ([model.tokenizer.encode(p)] for p in PROMPTS)
     n = 12  # every prompt's cache has the same capacity: any of them would fit any other's memory
     alone = [ours_greedy(model, p, n) for p in (a, b, c)]
@@ -111,8 +114,7 @@ def test_generations_in_progress_never_share_a_cache(hub, monkeypatch):
     got_a = [next(first) for _ in range(4)]
     got_b = ours_greedy(model, b, n)  # over: its memory is lent
     third = model.generate_tokens(c, n)
-    got_c = [next(third)]
-    assert model._spare is None  # the third took it, while the first still has its own
+    got_c = [next(third)]  # takes it, while the first still has its own
     for _ in range(n - 4):
         got_a.append(next(first))
         got_c.append(next(third))
@@ -120,30 +122,21 @@ def test_generations_in_progress_never_share_a_cache(hub, monkeypatch):
     assert [np.stack(got_a, axis=1).tolist(), got_b, np.stack(got_c, axis=1).tolist()] == alone
 
 
-def test_the_kept_cache_memory_is_the_largest_at_the_latest_batch_size(hub, monkeypatch):
-    model = hub.model
-    monkeypatch.setattr(model, "_spare", None)
-    rows = [model.tokenizer.encode(PROMPTS[1])]
-    large, small = model.generate_tokens(rows, 60), model.generate_tokens(rows, 2)
-    next(large), next(small)  # each has its own cache
-    list(large)
-    kept = model._spare.k
-    list(small)  # ends later, with less room
-    assert model._spare.k is kept and kept.shape[3] >= 60
-    ours_greedy(model, rows * 2, 2)  # another batch size
-    assert model._spare.k.shape[1] == 2
+def test_two_threads_first_using_a_graph_compile_it_once(hub):
+    messages = []
+    model = GPT2(hub.config, hub.model.state, progress=messages.append)
+    start = threading.Barrier(2)
 
+    def run():
+        start.wait()
+        model.logits([[1, 2, 3]])
 
-def test_no_cache_memory_over_the_limit_is_kept(hub, monkeypatch):
-    model = hub.model
-    monkeypatch.setattr(model, "_spare", None)
-    rows = [model.tokenizer.encode(PROMPTS[1])]
-    ours_greedy(model, rows, 2)
-    kept = model._spare.k.nbytes + model._spare.v.nbytes
-    monkeypatch.setattr(model, "_spare", None)
-    monkeypatch.setattr(engine, "SPARE_LIMIT", kept - 1)
-    ours_greedy(model, rows, 2)
-    assert model._spare is None
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(m.startswith("compiling the logits graph") for m in messages) == 1, messages
 
 
 def test_sampling_is_reproducible_with_a_seed_and_varies_without(hub):
@@ -172,19 +165,22 @@ def test_stream_pieces_join_to_the_generated_text(hub):
 def test_generation_stops_at_eos(hub, monkeypatch):
     eos = hub.model.tokenizer.eos_token_id
     script = [[464, 464], [3290, eos], [eos, 318], [318, 318]]
-    monkeypatch.setattr(hub.model, "generate_tokens", lambda *a, **k: iter(np.array(script)))
+    monkeypatch.setattr(hub.model, "generate_tokens", lambda *a, **k: (row for row in np.array(script)))
     first, second = hub.model.complete(["a", "b"], 4)
     assert (first.tokens, first.finish_reason) == ([464, 3290], "eos")
     assert (second.tokens, second.finish_reason) == ([464], "eos")
 
 
-def test_context_limit_stops_with_the_reason(hub):
+def test_generation_goes_as_far_as_transformers_at_the_context_limit(hub):
+    """A sequence may grow to n_positions + 1 tokens, as in transformers: the last new token is
+    read at the last position. Stopping at n_positions was one token early."""
     n_ctx = hub.config.n_positions
     prompt = list(range(1000, 1000 + n_ctx - 8))
-    tokens = list(hub.model.generate_tokens([prompt], 50))
-    assert len(tokens) == 8  # positions n_ctx-8 … n_ctx-1, and no further
-    text_prompt = " x" * (n_ctx - 8)
-    result = hub.model.complete([text_prompt], 50)[0]
+    tokens = [int(t[0]) for t in hub.model.generate_tokens([prompt], 50)]
+    assert tokens == reference_greedy(hub.reference, prompt, 9)  # transformers' 10th would fail
+    full = list(range(1000, 1000 + n_ctx))
+    assert [int(t[0]) for t in hub.model.generate_tokens([full], 5)] == reference_greedy(hub.reference, full, 1)
+    result = hub.model.complete([" x" * (n_ctx - 8)], 50)[0]
     assert result.finish_reason == "context"
 
 
@@ -193,10 +189,25 @@ def test_a_batch_may_hold_more_tokens_than_one_context(hub):
     assert len(list(hub.model.generate_tokens(rows, 4))) == 4
 
 
-def test_sliding_window_goes_on_past_the_context(hub):
-    n_ctx = hub.config.n_positions
-    tokens = list(hub.model.generate_tokens([list(range(1000, 1100))], n_ctx, sliding_window=True))
-    assert len(tokens) == n_ctx
+def test_sliding_window_goes_on_from_the_last_half_of_the_context(hub):
+    """Past the limit, generation goes on from the last n_positions // 2 tokens: the tokens
+    after the slide are transformers' continuation of that half."""
+    n_ctx, prompt = hub.config.n_positions, list(range(1000, 1100))
+    before = n_ctx + 1 - len(prompt)  # tokens until the context is full
+    tokens = [int(t[0]) for t in hub.model.generate_tokens([prompt], before + 40, sliding_window=True)]
+    assert len(tokens) == before + 40
+    assert tokens[:before] == reference_greedy(hub.reference, prompt, before)
+    kept = (prompt + tokens[:before])[-(n_ctx // 2):]
+    assert tokens[before:] == reference_greedy(hub.reference, kept, 40)
+
+
+def test_bad_arguments_raise_when_called_not_at_the_first_token(hub):
+    with pytest.raises(GenerationError, match="empty prompt"):
+        hub.model.generate_tokens([[]], 5)
+    with pytest.raises(GenerationError, match="max_new_tokens"):
+        hub.model.stream("Hi", 0)
+    with pytest.raises(GenerationError, match="empty prompt"):
+        hub.model.stream("", 5)
 
 
 @pytest.mark.parametrize(
@@ -271,24 +282,15 @@ def test_sampler_draws_by_probability():
 
 
 def test_decode_without_our_kernels_equals_decode_with_them(hub):
-    """GPT2Decode(matvec=False), the decode graph an accelerator gets (MAX's ops, no Mojo
-    kernels), compiled here on the CPU: its logits and new keys and values equal the kernels'."""
-    from max_gpt2.model import GPT2Decode
-
-    model = hub.model
-    plain = model._compile(GPT2Decode, *model._step_types(1), matvec=False)
-    rows = [model.tokenizer.encode(p) for p in PROMPTS]
-    logits, cache = model._prefill(rows)
-    for _ in range(3):
-        nxt = logits.argmax(axis=-1)
-        b, p = cache.key_mask.shape
-        model._reserve(cache, p + 1)
-        key_mask = np.full((b, cache.k.shape[3] + 1), -1e9, np.float32)
-        key_mask[:, :p], key_mask[:, -1] = cache.key_mask, 0.0
-        args = [model._tensor(a) for a in (nxt[:, None].astype(np.int64), cache.next_position[:, None].astype(np.int64),
-                                           key_mask, cache.k, cache.v)]
-        expected = [t.to_numpy() for t in plain(*args)]
-        logits, cache = model._decode(nxt, cache)
-        np.testing.assert_allclose(logits, expected[0], atol=1e-4)
-        np.testing.assert_allclose(cache.k[:, :, :, p], expected[1][:, :, :, 0], atol=1e-5)
-        np.testing.assert_allclose(cache.v[:, :, :, p], expected[2][:, :, :, 0], atol=1e-5)
+    """The decode graph an accelerator gets (MAX's ops, no Mojo kernels), compiled here on the
+    CPU: step by step, its logits equal the kernels'. (No accelerator has run it: see README.)"""
+    plain = GPT2(hub.config, hub.model.state, decode_kernels=False)
+    rows = [hub.model.tokenizer.encode(p) for p in PROMPTS]
+    ours, theirs = hub.model.start(rows), plain.start(rows)
+    for _ in range(4):
+        np.testing.assert_allclose(ours.logits, theirs.logits, atol=1e-4)
+        nxt = ours.logits.argmax(axis=-1)
+        ours.step(nxt)
+        theirs.step(nxt)
+    ours.close()
+    theirs.close()

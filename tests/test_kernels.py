@@ -21,7 +21,7 @@ from max.dtype import DType  # noqa: E402
 from max.experimental import compilation  # noqa: E402
 from max.experimental.tensor import Tensor, TensorType  # noqa: E402
 
-from max_gpt2.model import decode_attention, matvec  # noqa: E402
+from max_gpt2.decode import decode_attention, matvec  # noqa: E402
 
 # K: two 16-lane vectors and 8 left over, or 1000, wider than 768 as the MLP's c_proj (3072)
 # is. N: rows of w, which the kernel splits into one slice per core (batches of 8 rows or more)
@@ -125,3 +125,30 @@ def test_decode_attention_equals_numpy():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(k, k_new)
     np.testing.assert_array_equal(v, v_new)
+
+
+def test_matvec_refuses_combinations_its_kernels_do_not_have():
+    """The kernels fuse a layer norm (then GELU) or a residual add, never both, and GELU only
+    after a norm: any other request is refused, not half done."""
+    f32 = lambda *shape: TensorType(DType.float32, shape, device=CPU())  # noqa: E731
+    norm = lambda g, b: SimpleNamespace(weight=g, bias=b, eps=1e-5)  # noqa: E731
+    with pytest.raises(ValueError, match="gelu=True needs norm="):
+        compiled(lambda x, w: matvec(x, w, gelu=True), f32(2, 8), f32(4, 8))
+    with pytest.raises(ValueError, match="residual= and norm= cannot be combined"):
+        compiled(lambda x, w, r, g, b: matvec(x, w, norm=norm(g, b), residual=r),
+                 f32(2, 8), f32(4, 8), f32(2, 4), f32(8), f32(8))
+
+
+def test_kernels_read_inputs_that_are_views_in_the_graph():
+    """The kernels index raw pointers as dense row-major arrays. Inputs that the graph makes as
+    a transpose or a slice of another tensor reach them as such arrays (MAX materializes them),
+    and the results are right."""
+    f32 = lambda *shape: TensorType(DType.float32, shape, device=CPU())  # noqa: E731
+    rng = np.random.default_rng(0)
+    x, wt, b = (rng.standard_normal(s, dtype=np.float32) for s in ((3, 40), (40, 24), (24,)))
+    wide = rng.standard_normal((3, 80), dtype=np.float32)
+    graph = compiled(lambda x, wt, b, wide: (matvec(x, wt.T, b), matvec(wide[:, 20:60], wt.T, b)),
+                     f32(3, 40), f32(40, 24), f32(24), f32(3, 80))
+    transposed, sliced = run(graph, x, wt, b, wide)
+    np.testing.assert_allclose(transposed, x @ wt + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sliced, wide[:, 20:60] @ wt + b, rtol=1e-5, atol=1e-5)

@@ -1,13 +1,15 @@
 """The proof: our compiled MAX graph gives transformers' logits on the same weights."""
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from max_gpt2 import GPT2
+from max_gpt2 import GPT2, graphs
 from max_gpt2.config import GPT2Config
+from max_gpt2.errors import KernelBuildError
 from max_gpt2.reference import make_checkpoint, reference_greedy, reference_logits
 from max_gpt2.verify import TOLERANCE, verify
 
@@ -42,26 +44,28 @@ def test_logits_match_transformers_untied_extended_vocabulary(untied):
 
 
 def test_one_compiled_graph_serves_every_batch_and_length(hub):
-    graph = hub.model.logits_graph
-    worst_logit_gap(hub.model, hub.reference, seed=1)
-    assert hub.model.logits_graph is graph
+    messages = []
+    model = GPT2(hub.config, hub.model.state, progress=messages.append)
+    assert worst_logit_gap(model, hub.reference, seed=1) <= TOLERANCE
+    assert [m for m in messages if m.startswith("compiling")] == ["compiling the logits graph"
+                                                                  " (a new model size takes a minute or more)"]
 
 
 def test_compiled_graph_files_are_reused_only_for_the_same_graph(hub, pretrained, untied, monkeypatch):
-    """Each compiled graph is kept as a file named by a digest of the graph (engine._GraphFiles).
+    """Each compiled graph is kept as a file named by a digest of the graph (graphs.store()).
     A model with the same graph and other weights loads that file instead of compiling, and its
-    own weights are bound to it; a model whose graph differs does not get that file."""
-    from max_gpt2 import engine
-
-    files = engine._graph_files()
-    compile_ = type(files).compile
+    own weights are bound to it; a model whose graph differs does not get that file. If MAX
+    stopped calling our store's `compile_reusing_mefs`, no file would be kept or loaded, and
+    this fails."""
+    store = graphs.store()
+    compile_ = type(store).compile
     compiled = []  # what each compile was given: a Graph, or the Path of a kept file
 
     def spy(self, model, **options):
         compiled.append(model)
         return compile_(self, model, **options)
 
-    monkeypatch.setattr(type(files), "compile", spy)
+    monkeypatch.setattr(type(store), "compile", spy)
     GPT2.from_pretrained(hub.path).compile()  # the logits, prefill and decode graphs: kept, or loaded
     compiled.clear()
 
@@ -79,16 +83,51 @@ def test_compiled_graph_files_are_reused_only_for_the_same_graph(hub, pretrained
     assert compiled and hub_file not in compiled
 
 
-def test_a_graph_file_that_cannot_be_written_is_only_not_kept(tmp_path):
-    from max_gpt2.engine import _keep
+class Compiled:
+    """Stands in for a compiled graph: `export_mef` is all `graphs.keep` asks of one."""
 
-    class Compiled:
-        def export_mef(self, path):
-            Path(path).write_bytes(b"half")
+    def __init__(self, fail=False):
+        self.fail = fail
+
+    def export_mef(self, path):
+        Path(path).write_bytes(b"half" if self.fail else b"mef")
+        if self.fail:
             raise OSError("No space left on device")
 
-    _keep(Compiled(), tmp_path / "graphs" / "GPT2Step-0.mef")
+
+def test_a_graph_file_that_cannot_be_written_is_only_not_kept(tmp_path):
+    graphs.keep(Compiled(fail=True), tmp_path / "graphs" / "GPT2Prefill-0.mef")
     assert list((tmp_path / "graphs").iterdir()) == []  # neither the file nor its partial
+
+
+def test_graph_files_beyond_the_limit_are_dropped_least_recently_used_first(tmp_path):
+    folder = tmp_path / "graphs"
+    for i in range(4):
+        graphs.keep(Compiled(), folder / f"g{i}.mef", most=3)
+        os.utime(folder / f"g{i}.mef", (1000 + i, 1000 + i))
+    assert sorted(p.name for p in folder.iterdir()) == ["g1.mef", "g2.mef", "g3.mef"]
+    os.utime(folder / "g1.mef")  # used just now (a load touches its file)
+    graphs.keep(Compiled(), folder / "g4.mef", most=3)
+    assert sorted(p.name for p in folder.iterdir()) == ["g1.mef", "g3.mef", "g4.mef"]
+
+
+def test_kernels_build_without_a_cache_folder_and_write_nothing_here(tmp_path, monkeypatch):
+    monkeypatch.setattr(graphs, "cache_folder", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    library = graphs.kernel_library()
+    assert library.is_file() and tmp_path not in library.parents
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_kernel_build_shows_the_compiler_and_leaves_nothing(tmp_path, monkeypatch):
+    sources = tmp_path / "kernels"
+    sources.mkdir()
+    (sources / "__init__.mojo").write_text("")
+    (sources / "broken.mojo").write_text("def f() -> Int:\n    return undefined_name\n")
+    monkeypatch.setattr(graphs, "cache_folder", lambda: tmp_path / "cache")
+    with pytest.raises(KernelBuildError, match="undefined_name"):
+        graphs.kernel_library(sources)
+    assert [p for p in (tmp_path / "cache").rglob("*")] == []
 
 
 def test_skipped_c_proj_transpose_is_caught(hub):

@@ -31,11 +31,27 @@ def test_every_make_target_has_a_recipe():
 def test_step_tasks_run_the_same_checker():
     for name, cmd in pixi_tasks().items():
         if re.fullmatch(r"s\d\d", name):
-            assert cmd == f"python -m tests.tutorial.check {name[1:]}"
-    assert "$(PY) -m tests.tutorial.check $(@:s%=%)" in (ROOT / "Makefile").read_text()
+            assert cmd == f"python -m checks {name[1:]}"
+    assert "$(PY) -m checks $(@:s%=%)" in (ROOT / "Makefile").read_text()
+
+
+def test_check_all_and_my_gpt2_run_the_same_python_in_both():
+    text = (ROOT / "Makefile").read_text()
+    for name in ("check-all", "my-gpt2"):
+        command = pixi_tasks()[name].removeprefix("python ")
+        assert re.search(rf"^{name}:.*\n\t\$\(PY\) {re.escape(command)}$", text, re.M), name
 
 
 def test_ci_runs_the_readmes_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and re.search(r"^make test$", ci, re.M)
+
+
+def test_the_oldest_python_is_promised_the_same_everywhere():
+    """README, pyproject and pixi name one oldest Python, and it can run this suite (tomllib)."""
+    readme = re.search(r"Python (3\.\d+) or newer", (ROOT / "README.md").read_text()).group(1)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    pixi = tomllib.loads((ROOT / "pixi.toml").read_text())["dependencies"]["python"]
+    assert pyproject == f">={readme}" and pixi.split(",")[0] == f">={readme}", (readme, pyproject, pixi)
+    assert tuple(map(int, readme.split("."))) >= (3, 11), "tests/test_tasks.py imports tomllib, new in 3.11"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,8 +22,8 @@ import sys
 import numpy as np
 import pytest
 
-from tests.tutorial.check import CHECKERS, run
-from tests.tutorial.learner import ROOT, Code
+from checks.check import CHECKERS, checker, run
+from checks.learner import ROOT, Code
 
 STEPS = sorted(CHECKERS)
 
@@ -125,8 +126,8 @@ def test_planted_mistake_is_named_by_its_checker(results, name):
 def test_mistakes_give_other_numbers_than_the_reference():
     """The variants the checkers compare against, written out by hand with no mistake in them,
     are transformers' own results; so a match with a mistaken variant means that mistake."""
-    from tests.tutorial import s04_attention, s06_block, s07_model
-    from tests.tutorial.report import close
+    from checks import s04_attention, s06_block, s07_model
+    from checks.report import close
 
     assert close(s04_attention.attention(by_hand=True), s04_attention.attention())
     assert close(s06_block.block_output("pre-LN by hand"), s06_block.block_output())
@@ -135,9 +136,24 @@ def test_mistakes_give_other_numbers_than_the_reference():
         assert not close(wrong, s04_attention.attention())
 
 
+def _todos(step: int) -> list[str]:
+    return re.findall(r"# TODO (\d+\.\d+)", (ROOT / "steps" / f"step_{step:02d}.py").read_text())
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_todos_run_in_reading_order_and_the_checker_cites_each(step):
+    """A step's TODOs are N.1, N.2, ... down its file, each number once; its checker's messages
+    cite exactly those (and, for a mistake made earlier, TODOs of earlier steps)."""
+    todos = _todos(step)
+    assert todos == [f"{step}.{i}" for i in range(1, len(todos) + 1)]
+    cited = set(re.findall(r'"(\d+\.\d+)"', inspect.getsource(checker(step))))
+    assert {t for t in cited if t.startswith(f"{step}.")} == set(todos)
+    assert all(t in _todos(int(t.split(".")[0])) for t in cited if int(t.split(".")[0]) < step)
+
+
 def _check(*args, solutions=False):
     env = {**os.environ, "SOLUTIONS": "1" if solutions else ""}
-    return subprocess.run([sys.executable, "-m", "tests.tutorial.check", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "checks", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -175,7 +191,7 @@ def test_running_a_solution_prints_the_package_code(step, monkeypatch, capsys):
 @pytest.fixture(scope="module")
 def hub_checkpoint(tmp_path_factory):
     from max_gpt2.reference import save_checkpoint
-    from tests.tutorial.common import reference
+    from checks.common import reference
 
     return save_checkpoint(reference(), tmp_path_factory.mktemp("hub") / "gpt2-random", layout="hub")
 
@@ -186,7 +202,7 @@ def test_finished_program_answers_a_prompt(hub_checkpoint):
     pexpect = pytest.importorskip("pexpect")
     from max_gpt2.reference import gpt2_tokenizer_files, reference_greedy
     from max_gpt2.tokenizer import GPT2Tokenizer
-    from tests.tutorial.common import reference
+    from checks.common import reference
 
     tokenizer = GPT2Tokenizer.from_files(*gpt2_tokenizer_files())
     prompt = "Once upon a time"
@@ -212,8 +228,8 @@ def test_my_gpt2_runs_the_learners_step_11(hub_checkpoint):
 
 
 def test_tolerance_tells_tanh_gelu_from_exact_gelu():
-    from tests.tutorial import s02_mlp
-    from tests.tutorial.report import close
+    from checks import s02_mlp
+    from checks.report import close
 
     exact = s02_mlp.mistakes()["exact (erf) GELU instead of GPT-2's tanh approximation (gelu_new)"]
     assert not close(exact, s02_mlp.reference())

@@ -6,9 +6,8 @@
 # reads its query from the c_attn output, scores it against the cached keys and its own new
 # key, and writes its part of the weighted sum of values. The pairs are split into one run of
 # consecutive pairs per core, and each pair asks for the next pair's keys and values while it
-# works on its own (the cache keeps them next to each other): at 8 rows and 48 positions, 12
-# launches took 0.63 of the time they took as one task per pair, left to the hardware to fetch
-# (one process, interleaved; 0.80-0.94 without the prefetch); at 1 row, 0.93-0.99.
+# works on its own (the cache keeps them next to each other), which measured faster than one task
+# per pair left to the hardware to fetch (figures in docs/benchmarks.md).
 #
 # Positions the mask hides (padding, cache capacity not used yet) are not read at all: their
 # weight, the exponential of a score near -1e9, would be exactly 0 in float32. So the caller can

@@ -2,16 +2,15 @@
 #
 # At one token per row, every projection of GPT-2 reads its whole weight matrix to do two flops
 # per weight, so decoding is bound by how fast the weights stream from memory. MAX's general
-# matmul reads them well below the speed of a plain streaming read on this CPU (numbers in
-# docs/benchmarks.md). These kernels stream each weight row once, front to back, and use it for
-# every row of x while it is in L1. Prefill (many rows) keeps MAX's matmul, which blocks for
-# compute.
+# matmul blocks for compute and reads them well below streaming speed. These kernels stream each
+# weight row once, front to back, and use it for every row of x while it is in L1. Prefill (many
+# rows) keeps MAX's matmul.
 #
-# Each kernel launch also costs about 15 microseconds of scheduling (a chain of 200 launches on
-# a 16 x 16 matrix, on 2 cores), near what a 768 x 768 projection takes to read, so the pieces
-# around the projections of a block are done in the same launch: the layer norm before c_attn
-# and c_fc, the GELU after c_fc, the residual add after each c_proj; attention is one launch of
-# its own (attention.mojo).
+# Each kernel launch also has a fixed scheduling cost near what a small projection takes to
+# read, so the pieces around the projections of a block are done in the same launch: the layer
+# norm before c_attn and c_fc, the GELU after c_fc, the residual add after each c_proj;
+# attention is one launch of its own (attention.mojo). Every choice here was measured: the
+# figures, and what was tried and not kept, are in docs/benchmarks.md.
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
@@ -119,8 +118,7 @@ def matvec[gelu: Bool](
     # Contiguous slices of rows, each task streaming its own part of w: four per core, which
     # balance well, or one per core for batches of eight rows or more. Their tiles fetch 32 rows
     # ahead (below), so a slice's first 32 rows come on demand, and a quarter of the MLP's c_proj
-    # (768 rows) is only 96 rows: one slice per core took 24 such matrices at 8 rows from 16.9
-    # to 13.0 ms (one process), and at fewer rows made no difference.
+    # (768 rows) is only 96 rows: too short a slice for the prefetch to take hold.
     var tasks = num_physical_cores() * (1 if m_rows >= 8 else 4)
     var per_task = (n_dim + tasks - 1) // tasks
 
@@ -129,9 +127,8 @@ def matvec[gelu: Bool](
         var n = task * per_task
         # Four rows of w against eight rows of x at a time (32 sums), or against four (16 sums)
         # for batches of four to seven rows, so that each load of w feeds eight or four
-        # multiply-adds. At 8 rows, four rows of w took the blocks' projections 11-21% below
-        # two rows of w (four runs, one process, interleaved), three rows 12-15%, five 11%, six
-        # 2%; eight were 30% slower.
+        # multiply-adds. Four rows of w measured fastest; eight no longer keep their sums in
+        # registers.
         if m_rows >= 8:
             n = tiles[4, 8, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
         elif m_rows >= 4:
@@ -168,8 +165,8 @@ def tiles[nw: Int, mx: Int, gelu: Bool](
         while m + mx <= m_rows:
             block[nw, mx, gelu](op, xp, wp, bp, rp, k_dim, n_dim, add, n, m)
             m += mx
-        # The rows left over, a few at a time rather than one by one: at 12 rows, one by one
-        # took the blocks' projections 1.4 times as long as this.
+        # The rows left over, a few at a time rather than one by one, which would re-read
+        # every row of w for each.
         comptime if mx > 4:
             if m + 4 <= m_rows:
                 block[nw, 4, gelu](op, xp, wp, bp, rp, k_dim, n_dim, add, n, m)
@@ -201,9 +198,8 @@ def block[nw: Int, mx: Int, gelu: Bool](
     var k_vec = k_dim // W * W
     # Each row of w is read once, in one pass, at an even pace, by the first block (m = 0);
     # rows ahead are prefetched because the arithmetic keeps this loop too busy for the hardware
-    # to fetch far enough ahead on its own (32 rows ahead into L2 did better than 8 into L1;
-    # without it, the blocks' projections at 8 rows took 1.3 times as long). Near the end of w
-    # the last rows are prefetched again, never memory past it.
+    # to fetch far enough ahead on its own (into L2, which measured better than into L1).
+    # Near the end of w the last rows are prefetched again, never memory past it.
     var ahead = wp.unsafe_offset(min(n + AHEAD, n_dim - nw) * k_dim)
     var acc = Array[SIMD[F32, W], nw * mx](fill=SIMD[F32, W](0))  # acc[mx * i + j]: row n + i of w, row m + j of x
     for k in range(0, k_vec, W):

@@ -18,9 +18,9 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.tutorial.report import Failure
+from checks.report import Failure
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TODO = re.compile(r"TODO (\d+\.\d+)")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.tutorial.report import Failure, Passed
+from checks.report import Failure, Passed
 
 STEP, TITLE = 1, "model configuration (GPT2Config)"
 FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
@@ -14,7 +14,7 @@ HINTS = {
 }
 
 
-def prepare(code, bench):
+def prepare(code, graph):
     def judge():
         from transformers import GPT2Config as Theirs
 

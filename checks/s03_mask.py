@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 from max.experimental.nn import Module
 
-from tests.tutorial.bench import Probe
-from tests.tutorial.common import SEQLEN, causal_additive
-from tests.tutorial.report import expect_close
+from checks.probe_graph import Probe
+from checks.common import SEQLEN, causal_additive
+from checks.report import expect_close
 
 STEP, TITLE = 3, "causal mask (causal_mask)"
 PAST = 3  # cached keys in the second check
@@ -25,7 +25,7 @@ EXPECTED = "transformers' causal mask, additive: 0.0 where visible, -inf where b
 
 
 class MaskProbe(Module):
-    """Holds the learner's function, so the bench can trace it like a module."""
+    """Holds the learner's function, so the graph can trace it like a module."""
 
     def __init__(self, fn) -> None:
         self.fn = fn
@@ -36,11 +36,11 @@ class MaskProbe(Module):
                 self.fn(t, PAST, dtype=x.dtype, device=x.device))
 
 
-def prepare(code, bench):
+def prepare(code, graph):
     fn = code.get(STEP, "causal_mask")
     checks = (f"causal_mask(T={SEQLEN}, P=0) is 0 on and below the diagonal, -inf above",
               f"causal_mask(T={SEQLEN}, P={PAST}) also lets every query see the {PAST} cached keys")
-    probe = bench.add(Probe(checks[0], MaskProbe(fn), lambda m, x, ids: m(x),
+    probe = graph.add(Probe(checks[0], MaskProbe(fn), lambda m, x, ids: m(x),
                             lambda e: code.failure(e, checks[0], todo="3.1", hints=HINTS, expected=EXPECTED)),
                       {}, todo="3.1", hint="")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.tutorial.report import Failure, Passed, expect_close
+from checks.report import Failure, Passed, expect_close
 
 STEP, TITLE = 10, "text generation: temperature, top-k, the loop"
 HINTS = {
@@ -39,7 +39,7 @@ def warped(logits: np.ndarray, temperature: float, top_k: int) -> np.ndarray:
     return torch.softmax(scores.double(), -1).numpy()
 
 
-def prepare(code, bench):
+def prepare(code, graph):
     def judge():
         yield from _probabilities(code)
         yield from _sampling(code)
@@ -128,7 +128,7 @@ def _top(p) -> str:
 
 def _loop(code):
     from max_gpt2.reference import reference_greedy
-    from tests.tutorial.common import reference
+    from checks.common import reference
 
     fn = code.get(STEP, "generate")
     model = reference()

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.tutorial.common import CONFIG
-from tests.tutorial.report import Failure, Passed, expect_close
+from checks.common import CONFIG
+from checks.report import Failure, Passed, expect_close
+from max_gpt2.checkpoints import mapping
 
 STEP, TITLE = 11, "load the Hub checkpoint, compile, prompt loop"
-CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+CONV1D = tuple(f".{layer}.weight" for layer in mapping.CONV1D)  # the package's list: one copy of the fact
 HINTS = {
     "11.1": 'skip names that end with ".attn.bias" or ".attn.masked_bias" (not ".c_attn.bias")',
     "11.2": 'name = name if name.startswith("transformer.") else "transformer." + name; skip lm_head.weight',
@@ -38,9 +39,9 @@ C_PROJ = ("logits differ: is attn.c_proj transposed? They match a model whose at
           "checkpoint's [in, out] matrices used as [out, in]; being square, they load without complaint")
 
 
-def prepare(code, bench):
+def prepare(code, graph):
     def judge():
-        from tests.tutorial.common import reference, state
+        from checks.common import reference, state
 
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "gpt2-random"
@@ -117,7 +118,7 @@ def _model_with_c_proj_as_stored():
     loader leaves that weight as the checkpoint stores it."""
     import torch
 
-    from tests.tutorial.common import reference
+    from checks.common import reference
 
     model = copy.deepcopy(reference())
     with torch.no_grad():
@@ -128,7 +129,7 @@ def _model_with_c_proj_as_stored():
 
 def _logits(ids):
     from max_gpt2.reference import reference_logits
-    from tests.tutorial.common import reference
+    from checks.common import reference
 
     return reference_logits(reference(), ids)
 
@@ -142,7 +143,7 @@ def c_proj_as_stored(ids):
 def _check_chat(code, next_logits) -> Passed:
     from max_gpt2.reference import gpt2_tokenizer_files, reference_greedy
     from max_gpt2.tokenizer import GPT2Tokenizer
-    from tests.tutorial.common import reference
+    from checks.common import reference
 
     tokenizer = GPT2Tokenizer.from_files(*gpt2_tokenizer_files())  # the package's: step 09 is checked apart
     want_ids = reference_greedy(reference(), tokenizer.encode(PROMPT), NEW)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.tutorial.common import CONFIG, ModuleCheck, no_grad, torch_inputs
+from checks.common import CONFIG, ModuleCheck, no_grad, torch_inputs
 
 STEP, TITLE = 7, "embeddings and the stack of blocks (GPT2Model)"
 HINTS = {
@@ -26,7 +26,7 @@ def hidden(*, positions: str = "0..T-1", final_norm: bool = True, by_hand: bool 
     """transformers' GPT2Model on the ids, or its parts put together as a known mistake does."""
     import torch
 
-    from tests.tutorial.common import reference, torch_mask
+    from checks.common import reference, torch_mask
 
     body = reference().transformer
     _, ids = torch_inputs()

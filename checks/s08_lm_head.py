@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.tutorial.common import CONFIG, ModuleCheck, no_grad, torch_inputs
-from tests.tutorial.report import Failure
+from checks.common import CONFIG, ModuleCheck, no_grad, torch_inputs
+from checks.report import Failure
 
 STEP, TITLE = 8, "language-model head, tied to wte (GPT2LMHeadModel)"
 HINTS = {
@@ -33,7 +33,7 @@ prepare = CHECKER.prepare
 
 
 def logits():
-    from tests.tutorial.common import reference
+    from checks.common import reference
 
     _, ids = torch_inputs()
     return no_grad(lambda: reference()(ids).logits)

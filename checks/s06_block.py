@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.tutorial.common import CONFIG, ModuleCheck, no_grad, torch_inputs, torch_mask
+from checks.common import CONFIG, ModuleCheck, no_grad, torch_inputs, torch_mask
 
 STEP, TITLE = 6, "transformer block (GPT2Block)"
 HINTS = {
@@ -23,7 +23,7 @@ prepare = CHECKER.prepare
 
 def block_output(wiring: str = "pre-LN") -> np.ndarray:
     """transformers' block on x, or its own sublayers wired as a known mistake wires them."""
-    from tests.tutorial.common import reference
+    from checks.common import reference
 
     b = reference().transformer.h[0]
     x, _ = torch_inputs()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.tutorial.common import CONFIG, ModuleCheck, no_grad, torch_inputs
+from checks.common import CONFIG, ModuleCheck, no_grad, torch_inputs
 
 STEP, TITLE = 2, "feed-forward network (GPT2MLP)"
 HINTS = {
@@ -40,6 +40,6 @@ def mistakes():
 
 
 def _hf_mlp():
-    from tests.tutorial.common import reference as model
+    from checks.common import reference as model
 
     return model().transformer.h[0].mlp

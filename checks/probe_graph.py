@@ -2,8 +2,8 @@
 
 Compiling is the slow part of checking: a minute or more on a CPU for every graph MAX has not
 seen before, and seconds once it has (its cache keys graphs by structure, not by weights). So
-the checkers do not compile one graph each: each one adds its modules to a Bench as probes,
-and the Bench compiles them all together, once, with symbolic ("batch", "seqlen") inputs:
+the checkers do not compile one graph each: each one adds its modules to a ProbeGraph as probes,
+and the ProbeGraph compiles them all together, once, with symbolic ("batch", "seqlen") inputs:
 - x:   float32 [batch, seqlen, n_embd], hidden states for the layers;
 - ids: int64 [batch, seqlen], token ids for the whole model.
 `check 04` compiles one attention layer; `check all` compiles every step's modules in one go.
@@ -18,14 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import max.experimental.functional as F
 import numpy as np
 from max.driver import CPU
 from max.dtype import DType
 from max.experimental.nn import Module
-from max.experimental.tensor import Tensor, TensorType, default_device, default_dtype
+from max.experimental.tensor import Tensor, TensorType
 
-from tests.tutorial.report import Failure
+from checks.report import Failure
+from max_gpt2.graphs import building
+from max_gpt2.progress import Waiting
 
 
 @dataclass
@@ -42,12 +43,12 @@ class Probe:
     def result(self) -> tuple[np.ndarray, ...]:
         if self.error is not None:
             raise self.error
-        assert self.outputs is not None, "the bench has not run"
+        assert self.outputs is not None, "the probe graph has not run"
         return self.outputs
 
 
 @dataclass
-class Bench:
+class ProbeGraph:
     x: np.ndarray  # [batch, seqlen, n_embd] float32
     ids: np.ndarray  # [batch, seqlen] int64
     probes: list[Probe] = field(default_factory=list)
@@ -66,12 +67,12 @@ class Bench:
         if not self.probes:
             return
         traced: list[Probe] = []
-        with F.lazy(), default_device(CPU()), default_dtype(DType.float32):
-            graph = Probes([p.module for p in self.probes], [p.fn for p in self.probes], self._record(traced),
-                           progress or (lambda text: None))
+        with building():
+            module = Probes([p.module for p in self.probes], [p.fn for p in self.probes], self._record(traced),
+                            progress or (lambda text: None))
         n_embd = self.x.shape[-1]
         try:
-            compiled = graph.compile(
+            compiled = module.compile(
                 TensorType(DType.float32, ("batch", "seqlen", n_embd), device=CPU()),
                 TensorType(DType.int64, ("batch", "seqlen"), device=CPU()),
                 weights=self.weights,
@@ -122,8 +123,8 @@ class Probes(Module):
             outputs.extend(self.record(i, result))
         if not outputs:
             raise _NothingTraced  # nothing to compile: skip the compiler altogether
-        self.progress(f"compiling {len(outputs)} output(s) of your modules with MAX: a minute or more when the "
-                      "code is new, seconds when MAX has compiled the same graph before ...")
+        self.progress(Waiting("compiling your modules with MAX: a minute or more for new code, seconds for a graph "
+                              "MAX has compiled before"))
         return tuple(outputs)
 
 

@@ -1,10 +1,10 @@
 """What every checker compares against: one seeded random GPT-2 in transformers, its weights in
 our names and orientation, and the inputs.
 
-CONFIG is deliberately not GPT-2's shape (head size 16, n_inner 200 rather than 4 * n_embd,
-eps 1e-6), so code that hard-codes 64, 3072 or 1e-5 shows up; and it is the shape the package's
-own tests use (tests/conftest.py's ODD), so the whole-model graph of step 11 is one MAX has
-usually compiled already.
+CONFIG is the package's tests' model (max_gpt2.reference.ODD): deliberately not GPT-2's shape
+(head size 16, n_inner 200 rather than 4 * n_embd, eps 1e-6), so code that hard-codes 64, 3072
+or 1e-5 shows up; and, being the tests' shape too, the whole-model graph of step 11 is one MAX
+has usually compiled already.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from functools import cache
 
 import numpy as np
 
-from max_gpt2.config import GPT2Config
+from max_gpt2.reference import ODD as CONFIG
 
-CONFIG = GPT2Config(n_layer=3, n_embd=96, n_head=6, n_inner=200, layer_norm_epsilon=1e-6, n_positions=128)
 BATCH, SEQLEN = 2, 7
 SEED = 0
 
@@ -78,14 +77,12 @@ def torch_mask(t: int):
 
 def build(code, step: int, name: str, *args, check: str, todo: str, hints: dict[str, str], expected: str = "",
           **kwargs):
-    """The learner's `name` from step `step`, constructed as MAX modules are: lazily, on CPU, float32."""
-    import max.experimental.functional as F
-    from max.driver import CPU
-    from max.dtype import DType
-    from max.experimental.tensor import default_device, default_dtype
+    """The learner's `name` from step `step`, constructed as the package makes its modules for
+    compiling (max_gpt2.graphs.building: lazily, on the CPU, in float32)."""
+    from max_gpt2.graphs import building
 
     cls = code.get(step, name)
-    with F.lazy(), default_device(CPU()), default_dtype(DType.float32):
+    with building():
         return code.run(check, cls, *args, todo=todo, hints=hints, hint=hints.get(todo, ""), expected=expected,
                         **kwargs)
 
@@ -99,25 +96,25 @@ def no_grad(fn):
     return out.detach().numpy() if hasattr(out, "detach") else out
 
 
-def add_probe(code, bench, check: str, module, fn, prefix: str, *, build_todo: str, run_todo: str,
+def add_probe(code, graph, check: str, module, fn, prefix: str, *, build_todo: str, run_todo: str,
               hints: dict[str, str], expected: str = ""):
-    """Adds the learner's `module` to the bench, with the reference's weights under `prefix`.
+    """Adds the learner's `module` to the graph, with the reference's weights under `prefix`.
 
     A wrong parameter name or shape fails now (the TODO that builds the module); an error while
-    tracing `fn(module, x, ids)` fails after the bench ran (the TODO that computes)."""
-    from tests.tutorial.bench import Probe
+    tracing `fn(module, x, ids)` fails after the graph ran (the TODO that computes)."""
+    from checks.probe_graph import Probe
 
     def explain(e: BaseException):
         return code.failure(e, check, todo=run_todo, hints=hints, hint=hints.get(run_todo, ""), expected=expected)
 
-    return bench.add(Probe(check, module, fn, explain), weights(prefix), todo=build_todo,
+    return graph.add(Probe(check, module, fn, explain), weights(prefix), todo=build_todo,
                      hint=hints.get(build_todo, ""))
 
 
 @dataclass
 class ModuleCheck:
     """A step checked in one comparison: build the learner's `cls(*args)`, run `call(module, x, ids)`
-    in the bench with the reference's weights under `weights`, compare with `want()`."""
+    in the graph with the reference's weights under `weights`, compare with `want()`."""
 
     step: int
     cls: str
@@ -133,15 +130,15 @@ class ModuleCheck:
     kwargs: dict = field(default_factory=dict)
     inspect: Callable | None = None  # a look at the built module before it compiles
 
-    def prepare(self, code, bench):
-        from tests.tutorial.report import expect_close
+    def prepare(self, code, graph):
+        from checks.report import expect_close
 
         build_todo, run_todo = self.todos
         module = build(code, self.step, self.cls, *self.args, check=self.check, todo=build_todo, hints=self.hints,
                        expected=self.expected, **self.kwargs)
         if self.inspect is not None:
             self.inspect(module)
-        probe = add_probe(code, bench, self.check, module, self.call, self.weights, build_todo=build_todo,
+        probe = add_probe(code, graph, self.check, module, self.call, self.weights, build_todo=build_todo,
                           run_todo=run_todo, hints=self.hints, expected=self.expected)
 
         def judge():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.tutorial.common import CONFIG, ModuleCheck, inputs, no_grad, torch_inputs, weights
+from checks.common import CONFIG, ModuleCheck, inputs, no_grad, torch_inputs, weights
 
 STEP, TITLE = 5, "layer normalization (LayerNorm)"
 EPS = CONFIG.layer_norm_epsilon
@@ -23,7 +23,7 @@ prepare = CHECKER.prepare
 
 
 def reference():
-    from tests.tutorial.common import reference as model
+    from checks.common import reference as model
 
     x, _ = torch_inputs()
     return no_grad(lambda: model().transformer.h[0].ln_1(x))

@@ -1,8 +1,8 @@
 """Checks tutorial steps against transformers' GPT-2.
 
-    python -m tests.tutorial.check 04      # steps/step_04.py  (pixi run s04 / make s04)
-    python -m tests.tutorial.check all     # every step        (pixi run check-all)
-    SOLUTIONS=1 python -m tests.tutorial.check 04    # solutions/solution_04.py instead
+    python -m checks 04                # steps/step_04.py  (pixi run s04 / make s04)
+    python -m checks all               # every step        (pixi run check-all)
+    SOLUTIONS=1 python -m checks 04    # solutions/solution_04.py instead
 
 Exits 0 when every check of the chosen steps passes, 1 otherwise.
 """
@@ -16,8 +16,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tests.tutorial.learner import Code
-from tests.tutorial.report import FAIL, PASS, Failure, Passed
+from checks.learner import Code
+from checks.report import FAIL, PASS, Failure, Passed
+from max_gpt2.progress import Status
 
 # One checker module per step, imported when its step is checked.
 CHECKERS = dict(enumerate((
@@ -27,7 +28,7 @@ CHECKERS = dict(enumerate((
 
 
 def checker(step: int):
-    return importlib.import_module(f"tests.tutorial.{CHECKERS[step]}")
+    return importlib.import_module(f"checks.{CHECKERS[step]}")
 
 
 @dataclass
@@ -49,26 +50,26 @@ class Result:
 
 def run(jobs: Iterable[tuple[Code, int]], progress=None) -> list[Result]:
     """Checks each (code, step); the MAX modules of all of them compile together, once."""
-    from tests.tutorial.bench import Bench
-    from tests.tutorial.common import inputs
+    from checks.probe_graph import ProbeGraph
+    from checks.common import inputs
 
-    bench = Bench(*inputs())
+    graph = ProbeGraph(*inputs())
     results, judges = [], []
     for code, step in jobs:
         result = Result(code, step)
         results.append(result)
         try:
-            judges.append((result, checker(step).prepare(code, bench)))
+            judges.append((result, checker(step).prepare(code, graph)))
         except Failure as f:
             result.failure = located(f, code, step)
-    if bench.probes:
+    if graph.probes:
         start = time.perf_counter()
         try:
-            bench.run(progress)
+            graph.run(progress)
         except Exception as e:  # the graph as a whole did not compile
-            for probe in bench.probes:
+            for probe in graph.probes:
                 probe.error = probe.explain(e)
-        if progress and any(p.outputs is not None for p in bench.probes):
+        if progress and any(p.outputs is not None for p in graph.probes):
             progress(f"compiled and ran in {time.perf_counter() - start:.0f}s")
     for result, judge in judges:
         try:
@@ -104,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     steps = parse(sys.argv[1:] if argv is None else argv)
     solutions = os.environ.get("SOLUTIONS", "").strip().lower() not in ("", "0", "false", "no")
     code = Code.solutions() if solutions else Code.steps()
-    say = lambda text: print(f"… {text}", file=sys.stderr, flush=True)  # noqa: E731
-    results = run([(code, s) for s in steps], progress=say)
+    status = Status()  # a compile of new code takes minutes: a ticking clock shows it is not stuck
+    try:
+        results = run([(code, s) for s in steps], progress=status)
+    finally:
+        status.close()
     print("\n\n".join(map(str, results)))
     failed = [r for r in results if not r.ok]
     if len(results) > 1:
@@ -113,7 +117,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"; next: step {failed[0].step:02d} (pixi run s{failed[0].step:02d}, or make s{failed[0].step:02d})"
               if failed else ".")
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

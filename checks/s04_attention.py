@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 
-from tests.tutorial.common import CONFIG, add_probe, build, inputs, no_grad, torch_inputs, torch_mask
-from tests.tutorial.report import expect_close
+from checks.common import CONFIG, add_probe, build, inputs, no_grad, torch_inputs, torch_mask
+from checks.report import expect_close
 
 STEP, TITLE = 4, "multi-head attention (GPT2Attention)"
 H, D, C = CONFIG.n_head, CONFIG.head_dim, CONFIG.n_embd
@@ -63,12 +63,12 @@ PROBES = {
 }
 
 
-def prepare(code, bench):
+def prepare(code, graph):
     probes = {}
     for name, (fn, todo) in PROBES.items():
         attn = build(code, STEP, "GPT2Attention", CONFIG, 0, check=CHECKS[name], todo="4.1", hints=HINTS,
                      expected=EXPECTED[name])
-        probes[name] = add_probe(code, bench, CHECKS[name], attn, fn, "transformer.h.0.attn.", build_todo="4.1",
+        probes[name] = add_probe(code, graph, CHECKS[name], attn, fn, "transformer.h.0.attn.", build_todo="4.1",
                                  run_todo=todo, hints=HINTS, expected=EXPECTED[name])
 
     def judge():
@@ -116,7 +116,7 @@ def _softmax(s: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def _attend(q, k, v, *, scale=1 / math.sqrt(D), mask=True, axis=-1) -> np.ndarray:
-    from tests.tutorial.common import causal_additive
+    from checks.common import causal_additive
 
     q, k, v = (a.astype(np.float64) for a in (q, k, v))
     s = q @ k.swapaxes(-1, -2) * scale
@@ -183,6 +183,6 @@ def forward_mistakes() -> dict[str, tuple[np.ndarray, str]]:
 
 
 def _hf_attention():
-    from tests.tutorial.common import reference
+    from checks.common import reference
 
     return reference().transformer.h[0].attn

@@ -1,0 +1,86 @@
+"""The PNG: the engines side by side, one panel per workload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from max_gpt2.bench.arguments import PAIR
+from max_gpt2.bench.report import fmt
+
+COLORS = {"max-compiled-kv": "#d62728", "max-compiled-recompute": "#ff9896", "max-eager": "#c7c7c7",
+          "torch-eager": "#1f77b4", "torch-compile": "#aec7e8", "ctranslate2-fp32": "#2ca02c",
+          "onnxruntime-fp32": "#9467bd"}
+
+
+def plot(report: dict, path: str) -> None:
+    """Six panels, the engines side by side in each; a missing figure is marked n/a."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    engines = report["engines"]
+    names = list(engines)
+    batch = report["workload"]["batch"]
+    lengths = [str(n) for n in report["workload"]["prompt_lengths"]]
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    panels = [
+        ("decode, batch 1 (tokens/s, higher is better)", "decode_tokens_per_s"),
+        (f"batch {batch} (tokens/s, higher is better)", f"batch{batch}_tokens_per_s"),
+        ("time to first token (ms, lower is better)", "ttft_ms"),
+        ("compile: cold / warm cache (s, lower is better)", None),
+        ("peak RSS (MB, lower is better)", "peak_rss_mb"),
+    ]
+    # Prefill: one group of bars per prompt length.
+    ax = axes[0][0]
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        values = [engines[name]["prefill_ms"].get(n) for n in lengths]
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(lengths))]
+        ax.bar(xs, [v or 0 for v in values], width, color=COLORS.get(name), label=name)
+        for x, v in zip(xs, values):
+            if v is None:
+                ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+    ax.set_xticks(range(len(lengths)), [f"{n} tokens" for n in lengths])
+    ax.set_yscale("log")
+    ax.set_title("prefill latency (ms, log scale, lower is better)")
+    ax.legend(fontsize=8)
+    for ax, (title, key) in zip([a for row in axes for a in row][1:], panels):
+        if key is None:
+            cold = [engines[n]["compile_s_cold"] for n in names]
+            warm = [engines[n]["compile_s_warm"] for n in names]
+            xs = np.arange(len(names))
+            ax.bar(xs - 0.2, [v or 0 for v in cold], 0.4, color=[COLORS.get(n) for n in names], hatch="//",
+                   edgecolor="black", label="cold")
+            ax.bar(xs + 0.2, [v or 0 for v in warm], 0.4, color=[COLORS.get(n) for n in names], edgecolor="black",
+                   label="warm")
+            for x, c, w in zip(xs, cold, warm):
+                for dx, v in ((-0.2, c), (0.2, w)):
+                    ax.text(x + dx, v or 0, fmt(v) if v is not None else "n/a", ha="center", va="bottom", fontsize=7)
+            ax.legend(fontsize=8)
+        else:
+            values = [engines[n][key] for n in names]
+            bars = ax.bar(range(len(names)), [v or 0 for v in values], color=[COLORS.get(n) for n in names])
+            for b, v in zip(bars, values):
+                ax.text(b.get_x() + b.get_width() / 2, b.get_height(), fmt(v) if v is not None else "n/a",
+                        ha="center", va="bottom", fontsize=8)
+            for i, n in enumerate(names):  # each round's figure, where there were several
+                rounds = engines[n]["per_round"].get(key, [])
+                if len(rounds) > 1:
+                    ax.plot([i] * len(rounds), rounds, "k.", markersize=4, label="each round" if i == 0 else None)
+            if key == "decode_tokens_per_s" and report["roofline_decode_tokens_per_s"]:
+                roof = report["roofline_decode_tokens_per_s"]
+                ax.axhline(roof, color="black", linestyle="--", linewidth=1)
+                ax.text(len(names) - 0.5, roof, f"roofline {roof:.0f}", ha="right", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.set_title(title)
+    m = report["model"]
+    weights = "seeded random weights" if m["random_weights"] else Path(m["source"]).name
+    fig.suptitle(f"GPT-2 {m['parameter_count'] / 1e6:.0f}M float32 ({weights}) on {report['machine']['cpu']}, "
+                 f"{report['machine']['cores']} cores — one run; bars are medians of {report['workload']['rounds']} "
+                 f"rounds for {' and '.join(PAIR)} (dots: each round), of one for the others")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

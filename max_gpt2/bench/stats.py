@@ -1,0 +1,139 @@
+"""Figures from the rounds: what each engine measured, its medians, the targets' ratios, and
+whether its greedy tokens are transformers'."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from max_gpt2.bench.arguments import REFERENCE
+
+
+class Results:
+    """What one engine measured, round by round."""
+
+    def __init__(self) -> None:
+        self.rounds: dict[int, dict] = {}
+        self.compile_s_cold = None
+        self.peak_rss_mb = 0.0
+        self.status: list[str] = []
+        self.reference = None  # transformers' tokens and top-2 margins (the reference engine only)
+        self.teacher_forced = None  # (top-1 agreement, max |Δlogit|) against transformers
+
+    def put(self, round_: int, **values) -> None:
+        self.rounds.setdefault(round_, {}).update(values)
+
+    def series(self, key: str, length: int | None = None) -> dict[int, float]:
+        """Round -> value, for the rounds that measured it."""
+        out = {}
+        for r, values in self.rounds.items():
+            v = values.get(key)
+            if length is not None and v is not None:
+                v = v.get(length)
+            if v is not None:
+                out[r] = v
+        return out
+
+
+def median(series: dict):
+    return float(np.median(list(series.values()))) if series else None
+
+
+def listed(series: dict) -> list:
+    return [series[r] for r in sorted(series)]
+
+
+def _ratio(a: dict, b: dict) -> dict:
+    return {r: a[r] / b[r] for r in a if b.get(r)}
+
+
+def engine_report(res: Results, reference: Results | None, roofline: dict, batch: int) -> dict:
+    """One engine's entry in the report: medians over its rounds, each round's figures, and the
+    greedy-token check."""
+    lengths = sorted({n for values in res.rounds.values() for n in values.get("prefill_ms", {})})
+    prefill = {str(n): res.series("prefill_ms", n) for n in lengths}
+    decode = res.series("decode_tokens_per_s")
+    series = {
+        "decode_tokens_per_s": decode,
+        f"batch{batch}_tokens_per_s": res.series("batch_tokens_per_s"),
+        "ttft_ms": res.series("ttft_ms"),
+        "compile_s_warm": res.series("compile_s_warm"),
+        "decode_roofline_fraction": _ratio(decode, roofline),
+    }
+    report = {key: median(s) for key, s in series.items()}
+    report.update({
+        "prefill_ms": {n: median(s) for n, s in prefill.items()},
+        "compile_s_cold": res.compile_s_cold,
+        "peak_rss_mb": round(res.peak_rss_mb, 1),
+        "greedy_tokens_match": None,
+        "greedy_tokens_checked": 0,
+        "teacher_forced_top1_agreement": res.teacher_forced and res.teacher_forced[0],
+        "max_abs_logit_diff": res.teacher_forced and res.teacher_forced[1],
+        "rounds": len(decode),
+        "per_round": {**{key: listed(s) for key, s in series.items()},
+                      "prefill_ms": {n: listed(s) for n, s in prefill.items()}},
+        "status": "; ".join(res.status) or "ok",
+    })
+    if reference is not None and reference.reference:
+        tokens, margins = reference.reference  # the decode prompt's row, then the batch's
+        compared = [_compare(values[key], tokens[part], margins[part]) for values in res.rounds.values()
+                    for key, part in (("decode_tokens", slice(0, 1)), ("batch_tokens", slice(1, None)))
+                    if key in values]
+        if compared:
+            report["greedy_tokens_match"] = all(same for same, _ in compared)
+            report["greedy_tokens_checked"] = sum(n for _, n in compared)
+    return report
+
+
+def teacher_forced(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float] | None:
+    """How often an engine's likeliest token is transformers' at the same position of the same
+    sequence, and the largest logit difference; None if the logits do not even have one shape."""
+    if ours.shape != theirs.shape:
+        return None
+    return float(np.mean(ours.argmax(-1) == theirs.argmax(-1))), float(np.abs(ours - theirs).max())
+
+
+# Logits closer than this are a tie: two implementations' float32 sums differ in the last digits
+# (docs/benchmarks.md, "Design decisions").
+NEAR_TIE = 0.01
+
+
+def _compare(rows, reference, margins) -> tuple[bool, int]:
+    """Whether every row equals transformers' greedy tokens, and how many tokens were compared.
+
+    Each row is compared up to the first step where transformers' two best logits are within
+    NEAR_TIE: there, float32 rounding may pick either, and after it the texts legitimately part.
+    (transformers' own batched run parts from its single-row run at such a step.)
+    """
+    checked = 0
+    for ours, theirs, gaps in zip(rows, reference, margins):
+        n = next((i for i, g in enumerate(gaps) if g < NEAR_TIE), len(gaps))
+        if ours[:n] != theirs[:n]:
+            return False, checked + n
+        checked += n
+    return True, checked
+
+
+def targets(results: dict[str, Results], roofline: dict, longest: int) -> list[dict]:
+    """The issue's targets for the compiled engine against transformers eager: each the median
+    over the rounds of that round's ratio (the two engines measured seconds apart)."""
+    ours, theirs = results.get("max-compiled-kv"), results.get(REFERENCE)
+    if ours is None or theirs is None:
+        return []
+    decode = ours.series("decode_tokens_per_s")
+    rows = [
+        ("decode ≥ 2× torch-eager", _ratio(decode, theirs.series("decode_tokens_per_s")), 2.0),
+        ("prefill of the longest prompt ≥ 2× torch-eager (latency ratio)",
+         _ratio(theirs.series("prefill_ms", longest), ours.series("prefill_ms", longest)), 2.0),
+        ("batch throughput ≥ 3× torch-eager",
+         _ratio(ours.series("batch_tokens_per_s"), theirs.series("batch_tokens_per_s")), 3.0),
+        ("decode ≥ 50% of the roofline", _ratio(decode, roofline), 0.5),
+        ("warm compile ≤ 5 s", ours.series("compile_s_warm"), 5.0),
+    ]
+    out = []
+    for name, series, goal in rows:
+        m = median(series)
+        at_most = "≤" in name
+        met = None if m is None else (m <= goal if at_most else m >= goal)
+        out.append({"target": name, "measured": m, "per_round": listed(series), "goal": goal, "at_most": at_most,
+                    "met": met})
+    return out

@@ -1,0 +1,133 @@
+"""The decode graph: one new token per row against a cache the caller keeps, and the wrappers
+of our Mojo kernels (max_gpt2/kernels) that run it on a CPU.
+
+A decode step reads all the weights to do two flops per weight, so its speed is the speed at
+which the weights stream from memory. MAX's general matmul blocks for compute, which is right
+for a prefill's many rows and wrong for one; our `matvec` streams each weight row once and
+uses it for every row of x while it is in cache. Each kernel launch also has a fixed cost near
+what a small projection takes to read, so the pieces around each projection (a layer norm
+before, GELU after, the residual add) go in the same launch, and attention is one launch per
+layer (`decode_attention`) instead of some twenty small MAX ops.
+
+Shapes in comments: B batch, P cached positions, C n_embd, H heads, D head dim, L layers,
+V vocabulary.
+"""
+
+from __future__ import annotations
+
+import max.experimental.functional as F
+from max.experimental.nn import Linear
+from max.experimental.tensor import Tensor, TensorType
+from max.graph import Dim
+
+from max_gpt2.config import TANH_GELU, GPT2Config
+from max_gpt2.graphs import kernel_library
+from max_gpt2.model import GPT2Block, GPT2Prefill, LayerNorm, activation
+
+
+def matvec(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    norm: LayerNorm | None = None,
+    gelu: bool = False,
+    residual: Tensor | None = None,
+) -> Tensor:
+    """x @ weight.T + bias by our kernels, for few rows: (..., K) with weight [N, K] -> (..., N).
+
+    In the same launch, one of: `norm` (a LayerNorm) applied to x first, then GELU (tanh form)
+    after if `gelu`; or `residual` added to the result. The kernels have no other combination,
+    so any other is refused rather than half done.
+    """
+    if gelu and norm is None:
+        raise ValueError("matvec: gelu=True needs norm= (the kernel applies GELU only after a layer norm)")
+    if residual is not None and norm is not None:
+        raise ValueError("matvec: residual= and norm= cannot be combined in one kernel launch")
+    *lead, k = x.shape
+    n = weight.shape[0]
+    rows = x.reshape([-1, k])  # (R, K)
+    if bias is None:
+        bias = F.broadcast_to(Tensor(0.0, dtype=x.dtype, device=x.device), [n])
+    out_type = TensorType(x.dtype, [rows.shape[0], n], device=x.device)
+    if norm is not None:
+        name, inputs = "gpt2_norm_matvec", [rows, norm.weight, norm.bias, weight, bias]
+        parameters = {"gelu": gelu, "epsilon": float(norm.eps)}
+    elif residual is not None:
+        name, inputs, parameters = "gpt2_matvec_add", [rows, weight, bias, residual.reshape([-1, n])], None
+    else:
+        name, inputs, parameters = "gpt2_matvec", [rows, weight, bias], None
+    out = F.custom(name, x.device, inputs, [out_type], parameters=parameters, custom_extensions=kernel_library())[0]
+    return out.reshape([*lead, n])
+
+
+def decode_attention(qkv: Tensor, past_k: Tensor, past_v: Tensor, key_mask: Tensor, scale: float):
+    """One new token per row attending to its cache, by our kernel (kernels/attention.mojo):
+    qkv (B, 1, 3C) from c_attn, past_k and past_v (B, H, P, D), key_mask (B, P + 1) added to the
+    scaled scores. Returns the attention (B, 1, C) and the new token's key and value (B, H, 1, D).
+    """
+    b, h, _, d = past_k.shape
+    rows = qkv.reshape([b, 3 * h * d])
+    types = [TensorType(qkv.dtype, [b, h * d], device=qkv.device)]
+    types += [TensorType(qkv.dtype, [b, h, 1, d], device=qkv.device)] * 2
+    out, k, v = F.custom("gpt2_decode_attention", qkv.device, [rows, past_k, past_v, key_mask], types,
+                         parameters={"scale": float(scale)}, custom_extensions=kernel_library())
+    return out.reshape([b, 1, h * d]), k, v
+
+
+class GPT2Decode(GPT2Prefill):
+    """One new token per row: the next token's logits and the new token's keys and values
+    (L, B, H, 1, D), for the caller to store in its cache in place.
+
+    The cache is read where it is, never copied to grow it, and may be longer than the tokens so
+    far: `key_mask` (P + 1 columns, the new token last) hides the unused positions, which the
+    attention kernel then does not read. `kernels=False` computes the same in MAX's ops: the
+    kernels are for CPUs, so that is what an accelerator runs.
+    """
+
+    def __init__(self, config: GPT2Config, *, kernels: bool = True) -> None:
+        super().__init__(config)
+        self.kernels = kernels
+
+    def forward(self, input_ids, position_ids, key_mask, past_k, past_v):
+        t = self.transformer
+        x = t.wte(input_ids) + t.wpe(position_ids)  # (B, 1, C)
+        key_mask = F.rebind(key_mask, [input_ids.shape[0], Dim(past_k.shape[3]) + 1])  # (B, P + 1)
+        ks, vs = [], []
+        for i, block in enumerate(t.h):
+            x, k, v = self.block(block, x, key_mask, past_k[i], past_v[i])
+            ks.append(k)
+            vs.append(v)
+        return self.final_logits(x[:, -1]), F.stack(ks), F.stack(vs)  # (B, V), (L, B, H, 1, D) twice
+
+    def block(self, block: GPT2Block, x, key_mask, past_k, past_v):
+        """GPT2Block.forward_cached for one token."""
+        attn, mlp = block.attn, block.mlp
+        qkv = self.project(x, attn.c_attn, norm=block.ln_1)  # (B, 1, 3C)
+        if self.kernels:
+            out, k, v = decode_attention(qkv, past_k, past_v, key_mask, attn.scale)
+        else:
+            c = attn.n_head * attn.head_dim
+            q, k, v = (attn.split_heads(part) for part in F.split(qkv, [c, c, c], axis=2))  # (B, H, 1, D)
+            out = attn.merge_heads(attn.attend(q, F.concat([past_k, k], axis=2), F.concat([past_v, v], axis=2),
+                                               key_mask[:, None, None, :]))  # (B, 1, C)
+        x = self.project(out, attn.c_proj, residual=x)
+        h = self.project(x, mlp.c_fc, norm=block.ln_2, act=mlp.activation_function)
+        return self.project(h, mlp.c_proj, residual=x), k, v
+
+    def project(self, x, linear: Linear, *, norm=None, act: str | None = None, residual=None):
+        """residual + act(linear(norm(x))), each part optional, in one launch where it can be."""
+        if not self.kernels:
+            y = linear(norm(x) if norm is not None else x)
+            y = activation(y, act) if act else y
+            return y + residual if residual is not None else y
+        gelu = norm is not None and act in TANH_GELU
+        y = matvec(x, linear.weight, linear.bias, norm=norm, gelu=gelu, residual=residual)
+        return activation(y, act) if act and not gelu else y
+
+    def final_logits(self, x: Tensor) -> Tensor:
+        """ln_f, then the LM head: one launch on a CPU."""
+        if not self.kernels:
+            return self.head(self.transformer.ln_f(x))
+        table = self.transformer.wte.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        return matvec(x, table, norm=self.transformer.ln_f)
