@@ -147,8 +147,12 @@ def _answer(model, session: Session, prompt: str, stdout, stderr, interactive: b
     from max_gpt2.text import Stats
 
     stats = Stats()
-    pieces = model.stream(prompt, session.max_new_tokens, session.sampling,
-                          sliding_window=session.sliding_window, stats=stats)
+    try:  # a prompt the model cannot take is refused here, before anything is printed
+        pieces = model.stream(prompt, session.max_new_tokens, session.sampling,
+                              sliding_window=session.sliding_window, stats=stats)
+    except GPT2Error as e:
+        print(f"error: {e}", file=stderr)
+        return
     stopped = False
     try:
         if interactive:
