@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,bench]"
+	# The LLMs-from-scratch book's own GPTModel writes the .pth the tests load. Its package
+	# requires TensorFlow and an older numpy for chapters we do not use: its code alone, then.
+	$(PY) -m pip install --quiet --no-deps llms-from-scratch==1.0.19
 	touch $(STAMP)
 
 gpt2: $(STAMP)

@@ -113,7 +113,7 @@ def test_a_tf_folder_without_its_checkpoint_says_which_files_are_missing(tmp_pat
 
 
 def _needs_the_book():
-    # llms-from-scratch requires TensorFlow on Linux, so it is installed with --no-deps (see the report).
+    # llms-from-scratch requires TensorFlow on Linux, so the Makefile installs it with --no-deps.
     pytest.importorskip("llms_from_scratch", reason="pip install --no-deps llms-from-scratch")
 
 
