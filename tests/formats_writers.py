@@ -3,10 +3,12 @@
 - OpenAI's TensorFlow folder: tests/fixtures/openai_tf/, written once by TensorFlow's own Saver
   (tests/fixtures/make_openai_tf.py says how); `openai_variables()` rebuilds its values.
 - LLMs-from-scratch: its PyPI package's own GPTModel and load_weights_into_gpt.
-- nanoGPT: its code is not ours to ship, so `write_nanogpt` builds the state dict its
-  model.py has (names, Linear orientation, bias or none, wte and lm_head one tensor) with plain
-  torch, and saves it in train.py's save dict with a real AdamW's state. Checked once by hand
-  against nanoGPT's model.py: the same keys, shapes and logits.
+- nanoGPT: its code is not ours to ship. tests/fixtures/nanogpt/ holds three small ckpt.pt files
+  its own model.py and train.py's save dict wrote, with its own logits beside them
+  (tests/fixtures/make_nanogpt.py says how). For the padded 50304 vocabulary, too large to
+  commit, `write_nanogpt` builds the state dict its model.py has (names, Linear orientation,
+  bias or none, wte and lm_head one tensor) with plain torch, and saves it in train.py's save
+  dict with a real AdamW's state.
 """
 
 from __future__ import annotations

@@ -2,10 +2,12 @@
 nanoGPT's ckpt.pt, each written by its own code (see tests/formats_writers.py).
 
 Compiled graphs: the TF fixture and the .pth made from it share one config (SMALL); nanoGPT's
-exact GELU needs its own (NANO); the real 124M shape is the one test_parity compiles. Greedy
+exact GELU needs its own (NANO), and the ckpt.pt files nanoGPT's own code wrote (300 tokens,
+unpadded) one more; the real 124M shape is the one test_parity compiles. Greedy
 tokens are taken from the logits graph (a full recompute per token), which needs no new graph.
 """
 
+import functools
 import json
 import pickle
 import shutil
@@ -18,7 +20,7 @@ from max_gpt2 import GPT2
 from max_gpt2.errors import AssumedConfigWarning, CheckpointError
 from max_gpt2.reference import reference_logits
 from max_gpt2.weights import resolve
-from tests.formats_writers import (NANO, OPENAI_TF, SMALL, book_config, book_model_from_openai, nanogpt_reference,
+from tests.formats_writers import (FIXTURES, NANO, OPENAI_TF, SMALL, book_config, book_model_from_openai, nanogpt_reference,
                                    openai_reference, write_nanogpt)
 
 IDS = np.array([[3, 77, 150, 299, 12, 8, 200, 41, 5, 90], [250, 1, 60, 60, 9, 100, 298, 7, 33, 2],
@@ -230,6 +232,55 @@ def test_an_unknown_state_dict_names_the_formats_we_read(tmp_path):
     torch.save({"encoder.layer.0.weight": torch.zeros(2, 2)}, tmp_path / "model.pth")
     with pytest.raises(CheckpointError, match="is not a GPT-2 checkpoint max-gpt2 reads .*it reads: Hugging Face .*nanoGPT"):
         GPT2.from_pretrained(tmp_path / "model.pth")
+
+
+# --- nanoGPT ckpt.pt written by nanoGPT's own code (tests/fixtures/make_nanogpt.py) -------------
+
+NANOGPT_FIXTURES = ["bias", "no_bias", "compiled"]  # one model configuration: one compiled graph
+
+
+def _nanogpt_fixture(variant):
+    folder = FIXTURES / "nanogpt" / variant
+    return folder / "ckpt.pt", dict(np.load(folder / "expected.npz"))
+
+
+def greedy_batch(next_logits, prompts, n) -> np.ndarray:
+    ids = np.asarray(prompts)
+    for _ in range(n):
+        ids = np.concatenate([ids, next_logits(ids)[:, -1].argmax(-1)[:, None]], axis=1)
+    return ids[:, prompts.shape[1]:]
+
+
+@pytest.fixture(scope="module")
+def nanogpt_model():
+    """Loads each fixture once, on first use, so a variant that fails to load fails only its tests."""
+    return functools.cache(lambda variant: GPT2.from_pretrained(_nanogpt_fixture(variant)[0]))
+
+
+@pytest.mark.parametrize("variant", NANOGPT_FIXTURES)
+def test_nanogpt_own_ckpt_logits_equal_nanogpts_forward(nanogpt_model, variant):
+    _, expected = _nanogpt_fixture(variant)
+    model = nanogpt_model(variant)
+    assert model.config.vocab_size == 300 and model.config.activation_function == "gelu"
+    assert expected["ids"].shape[0] > 1
+    np.testing.assert_allclose(model.logits(expected["ids"]), expected["logits"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("variant", NANOGPT_FIXTURES)
+def test_nanogpt_own_ckpt_greedy_equals_nanogpts_generate(nanogpt_model, variant):
+    _, expected = _nanogpt_fixture(variant)
+    ours = greedy_batch(nanogpt_model(variant).logits, expected["prompt"], expected["greedy"].shape[1])
+    np.testing.assert_array_equal(ours, expected["greedy"])
+
+
+def test_nanogpt_fixtures_are_the_three_kinds_train_py_saves():
+    import torch
+
+    saved = {v: torch.load(_nanogpt_fixture(v)[0], map_location="cpu", weights_only=True) for v in NANOGPT_FIXTURES}
+    assert {v: (c["model_args"]["bias"], c["config"]["compile"]) for v, c in saved.items()} == {
+        "bias": (True, False), "no_bias": (False, False), "compiled": (True, True)}
+    assert all(k.startswith("_orig_mod.") for k in saved["compiled"]["model"])
+    assert not any(k.endswith(".bias") for k in saved["no_bias"]["model"])
 
 
 # --- convert: a Hugging Face folder transformers loads with the same logits ------------------
