@@ -219,7 +219,8 @@ class GPT2(TextAPI):
             rows = [r[-n_ctx:] for r in rows]
         elif (longest := max(map(len, rows))) > n_ctx:
             raise GenerationError(
-                f"the prompt is {longest} tokens; GPT-2 reads at most {n_ctx}: shorten it (or use a sliding window)"
+                f"the prompt is {longest} tokens; GPT-2 reads at most {n_ctx}: shorten it, or keep only its "
+                "end with a sliding window (sliding_window=True, --sliding-window)"
             )
         self._check_vocab(np.array([t for r in rows for t in r]))
         return self._token_loop(rows, max_new_tokens, sampling.sampler(), sliding_window)
