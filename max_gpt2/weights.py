@@ -254,16 +254,27 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
     return {k: to_numpy(v) for k, v in _detect(_load_torch(path), str(path))[1].items()}
 
 
+# safetensors' dtypes that numpy has; a file with another (bfloat16) is read by torch instead
+NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+                "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+
+
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.numpy import load_file
 
-    if "BF16" in _safetensors_dtypes(path):  # no numpy dtype for bfloat16; torch reads it
+    header = _safetensors_header(path)
+    dtypes = {v.get("dtype") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    if "BF16" in dtypes:  # no numpy dtype for bfloat16; torch reads it
         from safetensors.torch import load_file as load_torch
 
         _torch(path)
         return {k: to_numpy(v) for k, v in load_torch(str(path)).items()}
     try:
+        if header and dtypes <= NUMPY_DTYPES.keys():
+            with safe_open(str(path), framework="numpy"):  # safetensors checks the header fits the file
+                pass
+            return _map_safetensors(path, header)
         return load_file(str(path))
     except SafetensorError as e:
         raise CheckpointError(
@@ -274,18 +285,60 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
 
 
-def _safetensors_dtypes(path: Path) -> set[str]:
-    """The dtypes a safetensors header names (8 bytes of length, then JSON); empty if unreadable,
-    so that safetensors itself says what is wrong."""
+def _map_safetensors(path: Path, header: dict) -> dict[str, np.ndarray]:
+    """Every tensor as a view of the file mapped copy-on-write: nothing is read before it is
+    used, a tensor used as stored (wte, the biases) is never copied, and a write to one stays
+    in this process. The mapping lives as long as a view of it does, and stays valid when the
+    file is replaced (a new file renamed over it, as huggingface_hub and `convert` write);
+    only a file rewritten in place under a running model would change it."""
+    import mmap
+
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    start = 8 + int.from_bytes(mapped[:8], "little")
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, shape = np.dtype(NUMPY_DTYPES[entry["dtype"]]), tuple(entry["shape"])
+        begin, end = entry["data_offsets"]
+        count = (end - begin) // dtype.itemsize
+        tensors[name] = np.frombuffer(mapped, dtype, count, start + begin).reshape(shape)
+    return tensors
+
+
+def give_back(array: np.ndarray) -> None:
+    """Lets the kernel drop the pages of a tensor read from a mapped file once it has been
+    transformed into another array (transposed): they would otherwise stay resident beside the
+    copy until the checkpoint is freed. Reading it again reads the file. Only the pages wholly
+    inside the tensor are dropped, so a neighbour is never touched; an array not read from a
+    mapped file is left alone."""
+    import mmap
+
+    owner = array
+    while owner is not None and not isinstance(owner, mmap.mmap):
+        owner = owner.obj if isinstance(owner, memoryview) else getattr(owner, "base", None)
+    if owner is None or owner.closed or array.nbytes == 0:
+        return
+    first = array.ctypes.data - np.frombuffer(owner, np.uint8, 1).ctypes.data
+    begin = -(-first // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = (first + array.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > begin:
+        owner.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+
+
+def _safetensors_header(path: Path) -> dict:
+    """A safetensors file's header (8 bytes of length, then JSON); empty if unreadable, so that
+    safetensors itself says what is wrong."""
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
             if not 0 < size < 100_000_000:
-                return set()
+                return {}
             header = json.loads(f.read(size))
     except (OSError, ValueError):
-        return set()
-    return {v.get("dtype") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+        return {}
+    return header if isinstance(header, dict) else {}
 
 
 def _load_torch(path: Path):
@@ -360,7 +413,7 @@ def adapt(tensors: Mapping[str, np.ndarray], config: GPT2Config, format: str | N
     The format is `tensors.format` when `resolve` made them, else told by their keys."""
     format = format or getattr(tensors, "format", None) or _detect(tensors, "the state dict")[0]
     module = FORMATS[format]
-    return apply(module.plan(tensors, config), tensors, module.NAME)
+    return apply(module.plan(tensors, config), tensors, module.NAME, copied=give_back)
 
 
 # --- 3. check ---------------------------------------------------------------------------------

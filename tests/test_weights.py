@@ -216,12 +216,12 @@ def test_a_bfloat16_safetensors_file_loads_as_float32(hub, tmp_path):
 
 def test_a_type_error_reading_a_float32_file_is_not_taken_for_bfloat16(hub, monkeypatch):
     """Only a header that names BF16 takes the torch route; any other TypeError is a bug, shown as one."""
-    import safetensors.numpy
+    import safetensors
 
-    def broken(path):
+    def broken(path, framework):
         raise TypeError("something else went wrong")
 
-    monkeypatch.setattr(safetensors.numpy, "load_file", broken)
+    monkeypatch.setattr(safetensors, "safe_open", broken)
     with pytest.raises(TypeError, match="something else went wrong"):
         resolve(hub.path)
 
@@ -302,3 +302,46 @@ def test_safetensors_checkpoints_load_and_run_without_torch(hub):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(1, 2, 50257) True"
+
+
+MEMORY_CHECK = """
+import sys
+import numpy as np
+from max_gpt2.config import GPT2Config
+from max_gpt2.weights import adapt, resolve
+
+def resident():  # MB of this process's own (anonymous) memory, and of mapped files
+    fields = dict(line.split(":") for line in open("/proc/self/status"))
+    return {k: int(fields[k].split()[0]) / 1024 for k in ("RssAnon", "RssFile")}
+
+import safetensors.numpy  # its code, before the count starts
+before = resident()
+found = resolve(sys.argv[1], config=GPT2Config(vocab_size=8192, n_positions=64, n_embd=1024, n_layer=1, n_head=16))
+state = adapt(found.tensors, found.config)
+total = sum(float(a.sum()) for a in state.values())  # every page of ours read
+after = resident()
+print(after["RssAnon"] - before["RssAnon"], after["RssFile"] - before["RssFile"])
+"""
+
+
+def test_a_safetensors_file_is_mapped_and_only_transposed_weights_are_copied(tmp_path):
+    """wte (32 MB here) is used as stored, so it stays a view of the file: no anonymous memory
+    for it. The Conv1D weights (48 MB) are transposed into new arrays, and the file's pages
+    they came from are given back at once, so the file's share of resident memory is wte's.
+    Measured in a fresh process, where nothing else allocates tens of MB."""
+    c, inner, mb = 1024, 4096, 2**20
+    shapes = {"wte.weight": (8192, c), "wpe.weight": (64, c), "ln_f.weight": (c,), "ln_f.bias": (c,),
+              "h.0.attn.c_attn.weight": (c, 3 * c), "h.0.attn.c_attn.bias": (3 * c,),
+              "h.0.attn.c_proj.weight": (c, c), "h.0.attn.c_proj.bias": (c,),
+              "h.0.mlp.c_fc.weight": (c, inner), "h.0.mlp.c_fc.bias": (inner,),
+              "h.0.mlp.c_proj.weight": (inner, c), "h.0.mlp.c_proj.bias": (c,)}
+    shapes |= {f"h.0.{ln}.{p}": (c,) for ln in ("ln_1", "ln_2") for p in ("weight", "bias")}
+    rng = np.random.default_rng(0)
+    save_file({k: rng.standard_normal(s, dtype=np.float32) for k, s in shapes.items()}, str(tmp_path / "model.safetensors"))
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHECK, str(tmp_path / "model.safetensors")],
+                         capture_output=True, text=True, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    anon, mapped = map(float, out.stdout.split())
+    transposed, wte = (c * 3 * c + c * c + 2 * c * inner) * 4 / mb, 8192 * c * 4 / mb
+    assert anon < transposed + 8, f"{anon:.0f} MB of own memory for {transposed:.0f} MB of transposed weights"
+    assert mapped < wte + 8, f"{mapped:.0f} MB of the file resident for a {wte:.0f} MB wte"

@@ -70,11 +70,15 @@ def transpose(w: np.ndarray) -> np.ndarray:
     return w.T
 
 
-def apply(plan: list[Move], tensors: Mapping[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+def apply(plan: list[Move], tensors: Mapping[str, np.ndarray], what: str,
+          copied: Callable[[np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
     """Our state dict from a plan: every stored tensor used or named as left out, float32, contiguous.
 
-    `what` names the format in messages. A plan made from a format's known names refuses a
-    checkpoint with a tensor it does not know, or without one it needs, naming them.
+    A stored tensor that is already all that is kept as ours, not copied; `copied(array)` is
+    called with each stored array once ours has been made from it as a new array (so that a
+    mapped file's pages can go at once, not after the whole checkpoint). `what` names the format
+    in messages. A plan made from a format's known names refuses a checkpoint with a tensor it
+    does not know, or without one it needs, naming them.
     """
     needed = {name for move in plan for name in move.stored}
     missing = sorted(needed - set(tensors), key=natural_order)
@@ -93,6 +97,10 @@ def apply(plan: list[Move], tensors: Mapping[str, np.ndarray], what: str) -> dic
             shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(move.stored, arrays))
             raise CheckpointError(f"this {what} does not fit GPT-2: {move.ours} cannot be made from {shapes} ({e})") from None
         state[move.ours] = np.ascontiguousarray(value, dtype=np.float32)
+        if copied is not None:
+            for array in arrays:
+                if not np.may_share_memory(array, state[move.ours]):
+                    copied(array)
     return state
 
 
