@@ -318,7 +318,7 @@ def give_back(array: np.ndarray) -> None:
     owner = array
     while owner is not None and not isinstance(owner, mmap.mmap):
         owner = owner.obj if isinstance(owner, memoryview) else getattr(owner, "base", None)
-    if owner is None or owner.closed or array.nbytes == 0:
+    if owner is None or owner.closed or array.nbytes == 0 or not hasattr(owner, "madvise"):
         return
     first = array.ctypes.data - np.frombuffer(owner, np.uint8, 1).ctypes.data
     begin = -(-first // mmap.PAGESIZE) * mmap.PAGESIZE
