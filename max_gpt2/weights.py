@@ -302,8 +302,10 @@ def _map_safetensors(path: Path, header: dict) -> dict[str, np.ndarray]:
             continue
         dtype, shape = np.dtype(NUMPY_DTYPES[entry["dtype"]]), tuple(entry["shape"])
         begin, end = entry["data_offsets"]
-        count = (end - begin) // dtype.itemsize
-        tensors[name] = np.frombuffer(mapped, dtype, count, start + begin).reshape(shape)
+        view = np.frombuffer(mapped, dtype, (end - begin) // dtype.itemsize, start + begin).reshape(shape)
+        # The format does not promise alignment; a misaligned tensor is copied rather than
+        # handed to kernels that may load it as aligned.
+        tensors[name] = view if (start + begin) % dtype.alignment == 0 else view.copy()
     return tensors
 
 

@@ -345,3 +345,20 @@ def test_a_safetensors_file_is_mapped_and_only_transposed_weights_are_copied(tmp
     transposed, wte = (c * 3 * c + c * c + 2 * c * inner) * 4 / mb, 8192 * c * 4 / mb
     assert anon < transposed + 8, f"{anon:.0f} MB of own memory for {transposed:.0f} MB of transposed weights"
     assert mapped < wte + 8, f"{mapped:.0f} MB of the file resident for a {wte:.0f} MB wte"
+
+
+def test_a_tensor_stored_at_a_misaligned_offset_is_read_aligned(tmp_path):
+    """safetensors does not promise alignment: after a 3-byte tensor, a float32 one starts at an
+    odd byte. Mapped as it lies it would be a misaligned view; it is copied instead."""
+    from max_gpt2.weights import read_tensors
+
+    header = {"mask": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+              "w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [3, 27]}}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (tmp_path / "odd.safetensors").write_bytes(len(text).to_bytes(8, "little") + text + bytes([1, 2, 3]) + w.tobytes())
+    read = read_tensors(tmp_path / "odd.safetensors")
+    assert read["w"].flags.aligned
+    np.testing.assert_array_equal(read["w"], w)
+    np.testing.assert_array_equal(read["mask"], [1, 2, 3])
