@@ -3,7 +3,7 @@
 Three steps, each a plain function:
 1. `resolve`: a Hub id, a folder, a file, or an in-memory state dict becomes a `Checkpoint`:
    its format, its config (and where each value came from), its raw tensors under their
-   stored names, and where its tokenizer is.
+   stored names (a safetensors file's mapped, not read), and where its tokenizer is.
 2. `adapt`: the raw tensors become our parameter names and orientation (pure: the format's
    `plan`, see max_gpt2/checkpoints/, applied).
 3. `check`: every parameter filled with the right shape, every tensor used, or one error that
@@ -309,7 +309,7 @@ def _map_safetensors(path: Path, header: dict) -> dict[str, np.ndarray]:
     return tensors
 
 
-def give_back(array: np.ndarray) -> None:
+def _give_back(array: np.ndarray) -> None:
     """Lets the kernel drop the pages of a tensor read from a mapped file once it has been
     transformed into another array (transposed): they would otherwise stay resident beside the
     copy until the checkpoint is freed. Reading it again reads the file. Only the pages wholly
@@ -415,7 +415,7 @@ def adapt(tensors: Mapping[str, np.ndarray], config: GPT2Config, format: str | N
     The format is `tensors.format` when `resolve` made them, else told by their keys."""
     format = format or getattr(tensors, "format", None) or _detect(tensors, "the state dict")[0]
     module = FORMATS[format]
-    return apply(module.plan(tensors, config), tensors, module.NAME, copied=give_back)
+    return apply(module.plan(tensors, config), tensors, module.NAME, copied=_give_back)
 
 
 # --- 3. check ---------------------------------------------------------------------------------
