@@ -188,6 +188,14 @@ def test_unknown_engine_is_one_clear_error():
     assert result.stderr.strip().startswith("max-gpt2: error: unknown engine tensorflow")
 
 
+@pytest.mark.parametrize("option, value", [("--timeout", "-1"), ("--timeout", "nan"), ("--eager-timeout", "inf"),
+                                           ("--compile-timeout", "0")])
+def test_a_time_limit_that_is_not_a_positive_number_is_one_clear_error(option, value):
+    result = bench(option, value, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == f"max-gpt2: error: {option} must be a number of seconds > 0, got {float(value)}"
+
+
 def test_kernel_bench_runs(tmp_path):
     """docs/kernel_bench.py, behind docs/benchmarks.md's account of where the time goes, at tiny
     sizes: every measurement it prints is there and positive. A smoke test: the full sizes take

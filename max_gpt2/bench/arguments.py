@@ -62,6 +62,10 @@ def settle(args) -> tuple[list[str], list[int]]:
     lengths = _lengths(args.prompt_lengths)
     if args.new_tokens < 2 or args.batch_new_tokens < 1 or args.batch < 1 or args.rounds < 1:
         raise GPT2Error("--new-tokens must be >= 2, --batch-new-tokens, --batch and --rounds >= 1")
+    for name in ("timeout", "eager_timeout", "compile_timeout"):
+        seconds = getattr(args, name)
+        if not 0 < seconds < float("inf"):  # also refuses NaN
+            raise GPT2Error(f"--{name.replace('_', '-')} must be a number of seconds > 0, got {seconds}")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
