@@ -118,8 +118,10 @@ class TextAPI:
                     row.finish_reason = "eos"
                     continue
                 row.tokens.append(int(t))
-                if scanner.stops and (cut := scanner.cut(tok.decode(row.tokens))) is not None:
-                    row.finish_reason, row.text = "stop", tok.decode(row.tokens)[:cut]
+                if scanner.stops:
+                    text = tok.decode(row.tokens)
+                    if (cut := scanner.cut(text)) is not None:
+                        row.finish_reason, row.text = "stop", text[:cut]
             if all(r.finish_reason for r in rows):
                 tokens.close()
                 break

@@ -1,9 +1,10 @@
 """`max-gpt2 verify`: proof that a checkpoint runs in MAX exactly as in transformers.
 
 Loads the same weights into transformers' GPT2LMHeadModel (by transformers' own loading code for
-a Hugging Face folder; for any other format, as `max-gpt2 convert` writes them) and compares: parameter count, max |logit difference| over a batch of several lengths, greedy
-continuations token for token, and the loss on a fixed English sentence (3-4 nats per token
-for trained GPT-2; about ln(vocab) ~ 10.8 for random weights).
+a Hugging Face folder; for any other format, as `max-gpt2 convert` writes them) and compares:
+parameter count, max |logit difference| over a batch of several lengths, greedy continuations
+token for token, and the loss on a fixed English sentence (3-4 nats per token for trained
+GPT-2; about ln(vocab) ~ 10.8 for random weights).
 """
 
 from __future__ import annotations

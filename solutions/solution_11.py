@@ -24,7 +24,8 @@ from solution_10 import generate
 
 def load_weights(folder):
     """A Hugging Face checkpoint -> (config, state dict in our names and orientation): the
-    package's plan for that format (names, transposes, skipped buffers, tied head), applied."""
+    package's plan for that format (names, transposes, skipped buffers, tied head), applied.
+    (Called by name here, not through weights.adapt, so the tests can plant a mistake in it.)"""
     found = resolve(folder)
     return found.config, apply(plan(found.tensors, found.config), found.tensors, "Hugging Face checkpoint")
 
@@ -53,8 +54,6 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] != ["chat"]:
         from package_source import print_source
-
-        from max_gpt2.checkpoints import huggingface
 
         return print_source(plan, GPT2.graph, GPT2._compile)
     parser = argparse.ArgumentParser(prog="solution_11.py chat", description="GPT-2 on MAX, from the package's pieces.")
