@@ -20,7 +20,10 @@ CLI = [str(Path(sys.executable).with_name("max-gpt2"))]
 ENGINES = ("max-compiled-kv", "max-compiled-recompute", "max-eager", "torch-eager")
 FIELDS = ("decode_tokens_per_s", "prefill_ms", "batch8_tokens_per_s", "ttft_ms", "compile_s_cold", "compile_s_warm",
           "peak_rss_mb", "greedy_tokens_match", "teacher_forced_top1_agreement", "max_abs_logit_diff")
-PEERS = ("ctranslate2-fp32", "onnxruntime-fp32")
+PEERS = ("ctranslate2-fp32", "onnxruntime-fp32", "llama.cpp-f32")
+# llama.cpp computes GELU from a float16 table (ggml's GELU on the CPU), so its logits differ
+# from float32 by about 1e-2 on the test checkpoints; the others are float32 end to end.
+LOGIT_BOUND = {"llama.cpp-f32": 0.1}
 
 
 def bench(*args, timeout=900):
@@ -62,7 +65,8 @@ def test_quick_bench_writes_a_complete_json_and_a_png(hub, tmp_path):
         assert engine["decode_tokens_per_s"] > 0 and engine["batch8_tokens_per_s"] > 0 and engine["ttft_ms"] > 0
         assert engine["peak_rss_mb"] > 0
         assert engine["greedy_tokens_match"] is True, name  # a fast wrong answer does not count
-        assert engine["teacher_forced_top1_agreement"] == 1.0 and engine["max_abs_logit_diff"] < 1e-2, name
+        assert engine["teacher_forced_top1_agreement"] == 1.0, name
+        assert engine["max_abs_logit_diff"] < LOGIT_BOUND.get(name, 1e-2), name
         assert engine["compile_s_cold"] is None  # --quick skips the cold compile
     assert report["engines"]["torch-eager"]["max_abs_logit_diff"] == 0.0  # transformers against itself
     assert report["engines"]["max-eager"]["teacher_forced_top1_agreement"] is None  # minutes a forward: not asked
@@ -94,9 +98,9 @@ def missing_peers() -> str | None:
 
 @pytest.mark.skipif(missing_peers() is not None, reason=str(missing_peers()))
 def test_peers_fill_the_same_fields_and_match_transformers(hub, tmp_path):
-    """CTranslate2 and ONNX Runtime, converted from the same checkpoint: the same report as any
-    engine, and float32 end to end (their greedy tokens and teacher-forced logits are
-    transformers')."""
+    """CTranslate2, ONNX Runtime and llama.cpp, converted from the same checkpoint: the same
+    report as any engine, and transformers' numbers (greedy tokens, and teacher-forced logits
+    within float32 rounding, or within llama.cpp's float16 GELU table)."""
     out = tmp_path / "bench.json"
     result = bench("--model", str(hub.path), "--quick", "--engines", ",".join(PEERS), "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -109,7 +113,8 @@ def test_peers_fill_the_same_fields_and_match_transformers(hub, tmp_path):
         assert engine["decode_tokens_per_s"] > 0 and engine["batch8_tokens_per_s"] > 0 and engine["ttft_ms"] > 0
         assert engine["peak_rss_mb"] > 0
         assert engine["greedy_tokens_match"] is True and engine["greedy_tokens_checked"] > 0, name
-        assert engine["teacher_forced_top1_agreement"] == 1.0 and engine["max_abs_logit_diff"] < 1e-2, name
+        assert engine["teacher_forced_top1_agreement"] == 1.0, name
+        assert engine["max_abs_logit_diff"] < LOGIT_BOUND.get(name, 1e-2), name
     assert "teacher-forced top-1" in result.stdout
 
 

@@ -9,7 +9,8 @@ Engines:
   torch-compile           the same, with the model's forward under torch.compile (time-boxed)
   ctranslate2-fp32        CTranslate2's Generator on the checkpoint converted by its converter
   onnxruntime-fp32        ONNX Runtime on a decoder-with-past exported by torch.onnx
-The last two are the CPU engines people compare with; they need the bench-peers extra
+  llama.cpp-f32           llama.cpp (llama-cpp-python) on a float32 GGUF written as its converter does
+The last three are the CPU engines people compare with; they need the bench-peers extra
 (pip install 'max-gpt2[bench-peers]') and are skipped, with the reason, without it.
 
 Workloads: prefill latency by prompt length; decode tokens/s over N new tokens at batch 1; time to
@@ -36,7 +37,7 @@ temporary folder and benchmarked (speed does not depend on the weight values).
 #   runner     the command: checkpoint, rounds over the engine processes, the report
 #   worker     one engine's process: both ends of its pipe (Worker in the bench, serve in the child)
 #   engines    the engine adapters and the workloads they run
-#   peers      CTranslate2 and ONNX Runtime as engines (the bench-peers extra)
+#   peers      CTranslate2, ONNX Runtime and llama.cpp as engines (the bench-peers extra)
 #   stats      figures from the rounds: medians, ratios, the targets, the greedy-token check
 #   report     the table on stdout
 #   plot       the PNG

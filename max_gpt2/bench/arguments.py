@@ -8,7 +8,8 @@ import importlib.util
 from max_gpt2.errors import GPT2Error
 
 # The CPU engines users compare with, and the modules each needs (the `bench-peers` extra).
-PEERS = {"ctranslate2-fp32": ("ctranslate2",), "onnxruntime-fp32": ("onnxruntime", "onnx")}
+PEERS = {"ctranslate2-fp32": ("ctranslate2",), "onnxruntime-fp32": ("onnxruntime", "onnx"),
+         "llama.cpp-f32": ("llama_cpp", "gguf")}
 ENGINES = ("max-compiled-kv", "max-compiled-recompute", "max-eager", "torch-eager", "torch-compile", *PEERS)
 COMPILED = ("max-compiled-kv", "max-compiled-recompute", "torch-compile")  # these have compile times
 REFERENCE = "torch-eager"  # transformers itself: its greedy tokens are the ones to match

@@ -1,4 +1,5 @@
-"""The CPU engines people choose GPT-2 with, as bench engines: CTranslate2 and ONNX Runtime.
+"""The CPU engines people choose GPT-2 with, as bench engines: CTranslate2, ONNX Runtime and
+llama.cpp.
 
 Each is converted from the same checkpoint by its own tool, at float32, and run through its own
 API, as a user would. They need the `bench-peers` extra (`pip install 'max-gpt2[bench-peers]'`);
@@ -167,4 +168,163 @@ def _export(model, file: Path, past_names: list[str]) -> None:
                           opset_version=17)
 
 
-PEER_CLASSES = {"ctranslate2-fp32": CTranslate2, "onnxruntime-fp32": OnnxRuntime}
+class LlamaCpp(Engine):
+    """llama.cpp through llama-cpp-python's bindings of its C API, on a float32 GGUF file written
+    as llama.cpp's converter writes GPT-2 (`_write_gguf`). The batch runs as llama.cpp batches
+    sequences: one llama_decode over every row's token, each row its own sequence in the cache."""
+
+    def __init__(self, path: str, scratch: Path) -> None:
+        import llama_cpp
+        from llama_cpp._logger import set_verbose
+
+        set_verbose(False)  # llama.cpp's errors only, as Llama(verbose=False) gives
+        reference = TorchEager(path, scratch).model
+        c = reference.config
+        self.vocab, self.n_positions = c.vocab_size, c.n_positions
+        file = scratch / "llama.cpp-f32" / "gpt2-f32.gguf"
+        file.parent.mkdir(exist_ok=True)
+        _write_gguf(reference, Path(path), file)
+        del reference
+        self.lib = lib = llama_cpp
+        lib.llama_backend_init()
+        self.model = lib.llama_model_load_from_file(str(file).encode(), lib.llama_model_default_params())
+        settings = lib.llama_context_default_params()
+        threads = os.cpu_count() or 1
+        # Sized as a user sizes llama-server for bench's work: 8 sequences (bench's batch unless
+        # told otherwise) sharing one cache of n_positions, which holds any of its workloads.
+        self.rows = 8
+        settings.n_ctx = c.n_positions
+        settings.n_batch = settings.n_ubatch = self.batch_size = c.n_positions
+        settings.n_seq_max = self.rows
+        settings.kv_unified = True  # one cache shared by the sequences, as llama-server runs them
+        settings.n_threads = settings.n_threads_batch = threads
+        self.context = lib.llama_init_from_model(self.model, settings)
+        if not self.model or not self.context:
+            raise RuntimeError(f"llama.cpp could not load {file}")
+        self.batch = lib.llama_batch_init(self.batch_size, 0, 1)
+
+    def compile(self) -> None:
+        return None
+
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> np.ndarray:
+        """(token, position, sequence, wants logits) entries through llama_decode, as many per
+        call as a llama.cpp batch holds; the logits of the entries that want them, in order."""
+        lib, b, out = self.lib, self.batch, []
+        for start in range(0, len(entries), self.batch_size):
+            chunk = entries[start:start + self.batch_size]
+            for i, (token, position, sequence, logits) in enumerate(chunk):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, position, 1, logits
+                b.seq_id[i][0] = sequence
+            b.n_tokens = len(chunk)
+            status = lib.llama_decode(self.context, b)
+            if status != 0:
+                raise RuntimeError(f"llama_decode returned {status} (1: its cache of {self.n_positions} positions "
+                                   "is full)")
+            for i, entry in enumerate(chunk):
+                if entry[3]:
+                    pointer = lib.llama_get_logits_ith(self.context, i)
+                    out.append(np.ctypeslib.as_array(pointer, shape=(self.vocab,)).copy())
+        return np.stack(out)
+
+    def _prompts(self, ids: np.ndarray) -> np.ndarray:
+        """Every row's prompt into the cache as a sequence of its own, together as llama-server
+        takes its slots' prompts; the next token's logits per row."""
+        if len(ids) > self.rows:
+            raise ValueError(f"the llama.cpp engine holds at most {self.rows} rows")
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.context), True)
+        n = ids.shape[1]
+        return self._decode([(t, p, s, p == n - 1) for s, row in enumerate(ids.tolist()) for p, t in enumerate(row)])
+
+    def prefill(self, ids: np.ndarray) -> None:
+        self._prompts(ids)
+
+    def generate(self, ids: np.ndarray, n: int):
+        return timed(self._tokens(ids, n))
+
+    def _tokens(self, ids: np.ndarray, n: int) -> Iterator[np.ndarray]:
+        logits = self._prompts(ids)
+        length = ids.shape[1]
+        for i in range(n):
+            nxt = logits.argmax(axis=-1)
+            yield nxt
+            if i < n - 1:
+                logits = self._decode([(int(t), length, s, True) for s, t in enumerate(nxt)])
+                length += 1
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """Teacher-forced: every position of one sequence, from the prompt's pass."""
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.context), True)
+        return self._decode([(t, p, 0, True) for p, t in enumerate(ids[0].tolist())])
+
+
+def _write_gguf(model, source: Path, file: Path) -> None:
+    """transformers' GPT-2 as a float32 GGUF file, written with gguf-py (llama.cpp's own library)
+    the way llama.cpp's convert_hf_to_gguf.py writes GPT2LMHeadModel: its hyperparameters, its
+    tensor names (gguf's GPT-2 name map), Conv1D weights transposed to [out, in], the attention
+    mask buffers left out, the tied head left to llama.cpp (which reuses the token embedding).
+    The converter itself ships only in llama.cpp's source tree, not in any package, and reads a
+    folder with tokenizer files; bench runs bare checkpoints and token ids too."""
+    import gguf
+
+    c = model.config
+    w = gguf.GGUFWriter(str(file), "gpt2")
+    w.add_block_count(c.n_layer)
+    w.add_context_length(c.n_positions)
+    w.add_embedding_length(c.n_embd)
+    w.add_feed_forward_length(c.n_inner or 4 * c.n_embd)
+    w.add_head_count(c.n_head)
+    w.add_layer_norm_eps(c.layer_norm_epsilon)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    tokens, merges = _vocabulary(source, c.vocab_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    eos = c.eos_token_id if c.eos_token_id is not None else c.vocab_size - 1
+    # <|endoftext|> is the one special token, a CONTROL token as the converter marks added ones.
+    w.add_token_types([gguf.TokenType.CONTROL if i == eos else gguf.TokenType.NORMAL for i in range(len(tokens))])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(c.bos_token_id if c.bos_token_id is not None else eos)
+    w.add_eos_token_id(eos)
+    if c.pad_token_id is not None:
+        w.add_pad_token_id(c.pad_token_id)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, c.n_layer)
+    state = model.state_dict()
+    for name, tensor in state.items():
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            continue
+        if name == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        array = tensor.detach().float().numpy()
+        if name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
+            array = array.T
+        w.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(array))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def _vocabulary(source: Path, size: int) -> tuple[list[str], list[str]]:
+    """The checkpoint's BPE tokens by id and its merges, as the converter reads them; a checkpoint
+    without tokenizer files (bench works in token ids) gets GPT-2's byte alphabet for the first
+    256 ids, which llama.cpp's loader needs, placeholders after, and a single merge."""
+    import json
+
+    folder = source if source.is_dir() else source.parent
+    for vocab, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+        if (folder / vocab).is_file() and (folder / merges).is_file():
+            ids = json.loads((folder / vocab).read_text(encoding="utf-8"))
+            tokens = [f"[PAD{i}]" for i in range(size)]
+            for token, i in ids.items():
+                if i < size:
+                    tokens[i] = token
+            lines = (folder / merges).read_text(encoding="utf-8").splitlines()
+            return tokens, [m for m in lines if m and not m.startswith("#version")]
+    from tokenizers import pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    # llama.cpp refuses a BPE vocabulary without merges; one (of two byte tokens) satisfies it.
+    return alphabet + [f"[ID{i}]" for i in range(len(alphabet), size)], [f"{alphabet[0]} {alphabet[1]}"]
+
+
+PEER_CLASSES = {"ctranslate2-fp32": CTranslate2, "onnxruntime-fp32": OnnxRuntime, "llama.cpp-f32": LlamaCpp}
