@@ -144,6 +144,18 @@ def test_a_models_own_init_is_about_as_perplexed_as_its_vocabulary_is_large(tmp_
     assert 0.95 * ODD.vocab_size < result.perplexity < 1.1 * ODD.vocab_size, result.perplexity
 
 
+def test_gpt2_124m_at_its_own_init_is_about_as_perplexed_as_its_vocabulary_is_large(tmp_path):
+    """The same at the real shape, whose logits graph test_parity compiles anyway: two windows."""
+    from max_gpt2 import GPT2, GPT2Config
+    from max_gpt2.reference import make_checkpoint
+
+    make_checkpoint(tmp_path, GPT2Config(), initializer_range=0.02)
+    model = GPT2.from_pretrained(tmp_path)
+    result = evaluate(model, model.tokenizer.encode(read_text(None)[0])[:1100])
+    assert result.windows == 2 and result.scored == 1099
+    assert 0.9 * 50257 < result.perplexity < 1.1 * 50257, result.perplexity
+
+
 def test_eval_command_prints_transformers_perplexity_as_json(hub, ids, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text(TEXT)
