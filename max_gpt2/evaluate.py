@@ -75,24 +75,20 @@ class Evaluation:
         return math.exp(self.mean_nll)
 
 
-def check_window(max_length: int | None, stride: int | None, n_positions: int | None = None) -> tuple[int, int]:
-    """The window and stride to use; a setting that cannot work raises. Without `n_positions`
-    (before the model is loaded) only what can be told without it is checked."""
+def check_window(max_length: int | None, stride: int | None, n_positions: int | None = None) -> None:
+    """Raises for a window or stride that cannot work. Without `n_positions` (before the model is
+    loaded) only what can be told without it is checked."""
     if max_length is not None and max_length < 2:
         raise EvaluationError(f"--max-length {max_length} is too short: a window needs 2 tokens to score one")
     if stride is not None and stride <= 0:
         raise EvaluationError(f"--stride must be at least 1, not {stride}")
-    if n_positions is not None:
-        if max_length is not None and max_length > n_positions:
-            raise EvaluationError(f"--max-length {max_length} does not fit the model's context of {n_positions} "
-                                  f"tokens (n_positions): give at most {n_positions}")
-        max_length = n_positions if max_length is None else max_length
-    if stride is not None and max_length is not None and stride > max_length:
-        raise EvaluationError(f"--stride {stride} is longer than the window ({max_length} tokens): tokens between "
+    if n_positions is not None and max_length is not None and max_length > n_positions:
+        raise EvaluationError(f"--max-length {max_length} does not fit the model's context of {n_positions} "
+                              f"tokens (n_positions): give at most {n_positions}")
+    window = n_positions if max_length is None else max_length
+    if stride is not None and window is not None and stride > window:
+        raise EvaluationError(f"--stride {stride} is longer than the window ({window} tokens): tokens between "
                               "windows would never be scored; give a stride of at most --max-length")
-    if max_length is None:
-        return 0, 0
-    return max_length, max_length // 2 if stride is None else stride
 
 
 def check_tokens(ids: np.ndarray) -> None:
@@ -117,7 +113,9 @@ def evaluate(
     """
     ids = np.asarray(ids, dtype=np.int64)
     check_tokens(ids)
-    max_length, stride = check_window(max_length, stride, model.config.n_positions)
+    check_window(max_length, stride, model.config.n_positions)
+    max_length = model.config.n_positions if max_length is None else max_length
+    stride = max_length // 2 if stride is None else stride
     plan = windows(len(ids), max_length, stride)
     result = Evaluation(tokens=len(ids), scored=0, windows=len(plan), max_length=max_length, stride=stride, nll=0.0)
     kl, agreed = 0.0, 0
@@ -181,7 +179,7 @@ def read_text(path: str | None) -> tuple[str, str]:
     return text, path
 
 
-def run(args, load: Callable, load_reference: Callable | None = None) -> int:
+def run(args, load: Callable, load_reference: Callable) -> int:
     """`max-gpt2 eval`. `load(args)` gives the model under test, `load_reference(args)` the
     float32 model `--against float32` compares it with; the command line decides how either is
     loaded (its precision options included)."""
@@ -212,7 +210,7 @@ def run(args, load: Callable, load_reference: Callable | None = None) -> int:
         "windows": result.windows, "max_length": result.max_length, "stride": result.stride,
         "nll": result.nll, "mean_nll": result.mean_nll, "perplexity": result.perplexity,
         "against": None if reference is None else
-        {"model": args.against, "kl": result.kl, "top1_agreement": result.agreement},
+        {"dtype": args.against, "kl": result.kl, "top1_agreement": result.agreement},
     }
     if args.json:
         json.dump(report, sys.stdout, indent=2)

@@ -174,7 +174,7 @@ def test_float32_against_float32_is_zero_kl_and_full_agreement(hub):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert "pydoc_data/topics.py" in report["text"] and report["tokens"] == 200
-    assert report["against"] == {"model": "float32", "kl": 0.0, "top1_agreement": 1.0}
+    assert report["against"] == {"dtype": "float32", "kl": 0.0, "top1_agreement": 1.0}
 
 
 def test_the_plain_bar_prints_a_line_a_tenth():
