@@ -6,6 +6,7 @@
 #   make check-all   every step's checker       (pixi run check-all)
 #   make my-gpt2     run your own finished GPT-2 (steps/step_11.py)
 #   make bench       compiled vs eager          (pixi run bench)
+#   make eval        perplexity of GPT-2        (pixi run eval)
 
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +18,7 @@ STEPS := s01 s02 s03 s04 s05 s06 s07 s08 s09 s10 s11
 # TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu installs the CPU build instead.
 TORCH_INDEX_URL ?=
 
-.PHONY: setup gpt2 test check-all my-gpt2 bench verify $(STEPS)
+.PHONY: setup gpt2 test check-all my-gpt2 bench verify eval $(STEPS)
 
 setup: $(STAMP)
 
@@ -51,3 +52,6 @@ bench: $(STAMP)
 
 verify: $(STAMP)
 	$(VENV)/bin/max-gpt2 verify --model $(MODEL)
+
+eval: $(STAMP)
+	$(VENV)/bin/max-gpt2 eval --model $(MODEL)

@@ -1,5 +1,5 @@
-"""`max-gpt2`: chat with GPT-2 (the default), generate once, verify against transformers, benchmark;
-inspect a checkpoint's mapping, convert one to a Hugging Face folder.
+"""`max-gpt2`: chat with GPT-2 (the default), generate once, verify against transformers, benchmark,
+measure perplexity; inspect a checkpoint's mapping, convert one to a Hugging Face folder.
 
 Errors caused by input (a path, a checkpoint, an option) print one line and exit 1; no traceback.
 """
@@ -15,7 +15,7 @@ import warnings
 from max_gpt2.errors import AssumedConfigWarning, GPT2Error
 from max_gpt2.progress import Status
 
-COMMANDS = ("chat", "generate", "verify", "inspect", "convert", "bench")
+COMMANDS = ("chat", "generate", "verify", "inspect", "convert", "bench", "eval")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +97,25 @@ def parser() -> argparse.ArgumentParser:
                        description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_arguments(b)
     b.set_defaults(run=bench.run)
+
+    ev = sub.add_parser("eval", help="perplexity on a text, by sliding windows as in transformers",
+                        description="Perplexity of the model on FILE by transformers' fixed-length method: windows "
+                                    "of --max-length tokens, a new one every --stride tokens, each scoring only the "
+                                    "tokens the one before did not. Without FILE it scores English that ships with "
+                                    "Python (the documentation topics of pydoc_data/topics.py).")
+    _model_options(ev)
+    ev.add_argument("file", nargs="?", metavar="FILE", help="a UTF-8 text file (default: Python's documentation topics)")
+    ev.add_argument("--max-length", type=_whole_number, metavar="N",
+                    help="tokens per window, at most the model's context (default: its n_positions)")
+    ev.add_argument("--stride", type=_whole_number, metavar="N",
+                    help="tokens from one window's start to the next's, at most --max-length; each token is scored "
+                         "with at least max-length - stride tokens before it (default: half the window)")
+    ev.add_argument("--max-tokens", type=_whole_number, metavar="N", help="score only the text's first N tokens")
+    ev.add_argument("--against", choices=("float32",),
+                    help="also load the checkpoint in float32 and report, on the same positions, the mean "
+                         "KL(float32 || this model) and how often both rank the same token first")
+    ev.add_argument("--json", action="store_true", help="print the results as JSON, for scripts")
+    ev.set_defaults(run=_run_eval)
     return p
 
 
@@ -209,6 +228,17 @@ def _run_verify(args) -> int:
     from max_gpt2.verify import verify
 
     return verify(load(args))
+
+
+def _run_eval(args) -> int:
+    from max_gpt2.evaluate import run
+
+    return run(args, load, _load_float32)
+
+
+def _load_float32(args):
+    """The same checkpoint with every precision option at float32, for `eval --against float32`."""
+    return load(argparse.Namespace(**{**vars(args), "dtype": "float32", "quantize": None}))
 
 
 def _run_inspect(args) -> int:

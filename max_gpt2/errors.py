@@ -29,6 +29,11 @@ class GenerationError(GPT2Error):
     """Input to the model that it cannot run: token ids, prompt lengths, the context limit."""
 
 
+class EvaluationError(GPT2Error):
+    """A text or a window setting perplexity cannot be measured with: a missing or empty file,
+    too few tokens, a stride or window that does not fit."""
+
+
 class KernelBuildError(GPT2Error):
     """Our Mojo kernels did not build; the message carries the compiler's output."""
 

@@ -1,4 +1,4 @@
-"""Progress messages for long waits, shared by every command.
+"""Progress messages for long waits, shared by every command, and a bar for work of known length.
 
 The library reports progress through a plain callback, `progress(message)`, so `print` works.
 A message that starts a wait (a compile, a download) is a `Waiting`: still a `str`, so a plain
@@ -57,3 +57,39 @@ class Status:
             self._stop.set()
             self._ticker.join()
             self._stop = self._ticker = None
+
+
+class Bar:
+    """Progress over a known number of steps on stderr: rich's bar on a terminal; elsewhere (a
+    log, a pipe) a plain line at every tenth, so the log is not flooded."""
+
+    def __init__(self, description: str, stream=None) -> None:
+        self.description = description
+        self.stream = stream or sys.stderr
+        self._rich = None
+        self._task = None
+        self._shown = -1  # the last tenth printed, off a terminal
+
+    def __enter__(self) -> Bar:
+        if self.stream.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._rich = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
+                                  console=Console(file=self.stream))
+            self._rich.start()
+        return self
+
+    def __call__(self, done: int, total: int, note: str = "") -> None:
+        if self._rich is not None:
+            if self._task is None:
+                self._task = self._rich.add_task(self.description, total=total, note=note)
+            self._rich.update(self._task, completed=done, total=total, note=note)
+        elif (tenth := 10 * done // total) > self._shown:
+            self._shown = tenth
+            print(f"· {self.description} {done}/{total}" + (f": {note}" if note else ""), file=self.stream, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._rich is not None:
+            self._rich.stop()

@@ -86,7 +86,7 @@ def verify(model, out=None) -> int:
 
 
 def _loss(logits: np.ndarray, ids: np.ndarray) -> float:
-    x = logits[:-1].astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    logp = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    from max_gpt2.evaluate import log_softmax
+
+    logp = log_softmax(logits[:-1])
     return float(-logp[np.arange(len(ids) - 1), ids[1:]].mean())
