@@ -19,7 +19,7 @@ import pytest
 CLI = [str(Path(sys.executable).with_name("max-gpt2"))]
 ENGINES = ("max-compiled-kv", "max-compiled-recompute", "max-eager", "torch-eager")
 FIELDS = ("decode_tokens_per_s", "prefill_ms", "batch8_tokens_per_s", "ttft_ms", "compile_s_cold", "compile_s_warm",
-          "peak_rss_mb", "greedy_tokens_match", "teacher_forced_top1_agreement", "max_abs_logit_diff")
+          "rss_after_load_mb", "peak_rss_mb", "greedy_tokens_match", "teacher_forced_top1_agreement", "max_abs_logit_diff")
 PEERS = ("ctranslate2-fp32", "onnxruntime-fp32", "llama.cpp-f32")
 # llama.cpp computes GELU from a float16 table (ggml's GELU on the CPU), so its logits differ
 # from float32 by about 1e-2 on the test checkpoints; the others are float32 end to end.
@@ -63,7 +63,7 @@ def test_quick_bench_writes_a_complete_json_and_a_png(hub, tmp_path):
         assert set(engine["prefill_ms"]) == {"8", "16"}
         assert all(v > 0 for v in engine["prefill_ms"].values())
         assert engine["decode_tokens_per_s"] > 0 and engine["batch8_tokens_per_s"] > 0 and engine["ttft_ms"] > 0
-        assert engine["peak_rss_mb"] > 0
+        assert engine["peak_rss_mb"] > 0 and 0 < (engine["rss_after_load_mb"] or 1) <= engine["peak_rss_mb"]
         assert engine["greedy_tokens_match"] is True, name  # a fast wrong answer does not count
         assert engine["teacher_forced_top1_agreement"] == 1.0, name
         assert engine["max_abs_logit_diff"] < LOGIT_BOUND.get(name, 1e-2), name
@@ -82,6 +82,10 @@ def test_quick_bench_writes_a_complete_json_and_a_png(hub, tmp_path):
     prefill = next(t for t in report["targets"] if t["target"].startswith("prefill"))
     ratios = [b / a for a, b in zip(ours["prefill_ms"]["16"], theirs["prefill_ms"]["16"])]  # latency: theirs / ours
     assert prefill["per_round"] == pytest.approx(ratios)
+    rss = next(t for t in report["targets"] if t["target"].startswith("RSS after load"))
+    weights_mb = hub.model.num_parameters * 4 / 1e6
+    assert rss["goal"] == pytest.approx(weights_mb + 300)
+    assert rss["measured"] == report["engines"]["max-compiled-kv"]["rss_after_load_mb"] > weights_mb
     # Minutes per forward: the 10 s box of --quick ends it; it is reported, not an error.
     assert "time limit" in report["engines"]["max-eager"]["status"]
 
@@ -102,11 +106,14 @@ def test_peers_fill_the_same_fields_and_match_transformers(hub, tmp_path):
     report as any engine, and transformers' numbers (greedy tokens, and teacher-forced logits
     within float32 rounding, or within llama.cpp's float16 GELU table)."""
     out = tmp_path / "bench.json"
-    result = bench("--model", str(hub.path), "--quick", "--engines", ",".join(PEERS), "--json", str(out))
+    result = bench("--model", str(hub.path), "--quick", "--engines", ",".join(("max-compiled-kv", *PEERS)),
+                   "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
-    assert set(report["engines"]) == set(PEERS)
-    for name, engine in report["engines"].items():
+    assert set(report["engines"]) == {"max-compiled-kv", *PEERS}
+    for name in PEERS:
+        engine = report["engines"][name]
+        assert engine["rounds"] == 2, name  # the targets compare with the peers: every round
         assert set(FIELDS) <= set(engine), name
         assert engine["status"] == "ok", (name, engine["status"])
         assert set(engine["prefill_ms"]) == {"8", "16"} and all(v > 0 for v in engine["prefill_ms"].values())
@@ -116,6 +123,15 @@ def test_peers_fill_the_same_fields_and_match_transformers(hub, tmp_path):
         assert engine["teacher_forced_top1_agreement"] == 1.0, name
         assert engine["max_abs_logit_diff"] < LOGIT_BOUND.get(name, 1e-2), name
     assert "teacher-forced top-1" in result.stdout
+    # Each round's ratio is taken against the best peer of that round.
+    per_round = {e: report["engines"][e]["per_round"] for e in report["engines"]}
+    best = [max(per_round[p]["decode_tokens_per_s"][r] for p in PEERS) for r in range(2)]
+    decode = next(t for t in report["targets"] if t["target"].startswith("decode ≥ 1.1× the best float32 peer"))
+    assert decode["per_round"] == pytest.approx([o / b for o, b in zip(per_round["max-compiled-kv"]["decode_tokens_per_s"],
+                                                                         best)])
+    fastest = [min(per_round[p]["prefill_ms"]["16"][r] for p in PEERS) for r in range(2)]
+    prefill = next(t for t in report["targets"] if t["target"].startswith("prefill of the longest prompt ≥ 1.2×"))
+    assert prefill["per_round"] == pytest.approx([f / o for f, o in zip(fastest, per_round["max-compiled-kv"]["prefill_ms"]["16"])])
 
 
 def test_a_peer_without_its_extra_is_skipped_with_one_line(hub, tmp_path):

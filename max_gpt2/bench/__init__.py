@@ -15,16 +15,16 @@ The last three are the CPU engines people compare with; they need the bench-peer
 
 Workloads: prefill latency by prompt length; decode tokens/s over N new tokens at batch 1; time to
 first token; tokens/s at batch 8; compile time with an empty (cold) and a filled (warm) compile
-cache; peak resident memory. Greedy tokens of every engine are checked against transformers, and
+cache; resident memory after loading, and at its peak. Greedy tokens of every engine are checked against transformers, and
 each engine's logits of one sequence, teacher-forced (transformers' greedy continuation), are
 compared with transformers': top-1 agreement and the largest difference.
 The roofline is the memory read bandwidth measured in the same run divided by the weight bytes
 one decode step reads: the fastest any engine could decode one sequence on this machine.
 
 The machine's speed drifts over minutes, so the engines stay loaded, each in its own process,
-and the workloads go round them in rounds, seconds apart. Ours and torch-eager, which the
-targets compare, run every round, the others the first; a figure is the median over rounds,
-and a target the median of the rounds' ratios.
+and the workloads go round them in rounds, seconds apart. Ours, torch-eager and the peers,
+which the targets compare, run every round, the others the first; a figure is the median over
+rounds, and a target the median of the rounds' ratios (against the best peer of each round).
 
 Without --model, a seeded random checkpoint at GPT-2's real 124M configuration is written to a
 temporary folder and benchmarked (speed does not depend on the weight values).

@@ -13,7 +13,9 @@ PEERS = {"ctranslate2-fp32": ("ctranslate2",), "onnxruntime-fp32": ("onnxruntime
 ENGINES = ("max-compiled-kv", "max-compiled-recompute", "max-eager", "torch-eager", "torch-compile", *PEERS)
 COMPILED = ("max-compiled-kv", "max-compiled-recompute", "torch-compile")  # these have compile times
 REFERENCE = "torch-eager"  # transformers itself: its greedy tokens are the ones to match
-PAIR = ("max-compiled-kv", REFERENCE)  # the targets compare these: they run every round, the others the first
+OURS = "max-compiled-kv"
+# The targets compare ours with these: they run every round, the other engines in the first.
+EVERY_ROUND = (OURS, REFERENCE, *PEERS)
 DECODE_PROMPT = 16  # tokens in the prompt of the decode and batch workloads
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from max_gpt2.bench.arguments import PAIR
+from max_gpt2.bench.arguments import EVERY_ROUND
 from max_gpt2.bench.report import fmt
 
 COLORS = {"max-compiled-kv": "#d62728", "max-compiled-recompute": "#ff9896", "max-eager": "#c7c7c7",
           "torch-eager": "#1f77b4", "torch-compile": "#aec7e8", "ctranslate2-fp32": "#2ca02c",
-          "onnxruntime-fp32": "#9467bd"}
+          "onnxruntime-fp32": "#9467bd", "llama.cpp-f32": "#8c564b"}
 
 
 def plot(report: dict, path: str) -> None:
@@ -30,8 +30,9 @@ def plot(report: dict, path: str) -> None:
         ("decode, batch 1 (tokens/s, higher is better)", "decode_tokens_per_s"),
         (f"batch {batch} (tokens/s, higher is better)", f"batch{batch}_tokens_per_s"),
         ("time to first token (ms, lower is better)", "ttft_ms"),
-        ("compile: cold / warm cache (s, lower is better)", None),
-        ("peak RSS (MB, lower is better)", "peak_rss_mb"),
+        ("compile: cold / warm cache (s, lower is better)", ("compile_s_cold", "cold", "compile_s_warm", "warm")),
+        ("resident memory: after load / peak (MB, lower is better)",
+         ("rss_after_load_mb", "after load", "peak_rss_mb", "peak")),
     ]
     # Prefill: one group of bars per prompt length.
     ax = axes[0][0]
@@ -48,16 +49,14 @@ def plot(report: dict, path: str) -> None:
     ax.set_title("prefill latency (ms, log scale, lower is better)")
     ax.legend(fontsize=8)
     for ax, (title, key) in zip([a for row in axes for a in row][1:], panels):
-        if key is None:
-            cold = [engines[n]["compile_s_cold"] for n in names]
-            warm = [engines[n]["compile_s_warm"] for n in names]
+        if isinstance(key, tuple):  # two figures per engine: hatched, then plain
+            first, first_label, second, second_label = key
             xs = np.arange(len(names))
-            ax.bar(xs - 0.2, [v or 0 for v in cold], 0.4, color=[COLORS.get(n) for n in names], hatch="//",
-                   edgecolor="black", label="cold")
-            ax.bar(xs + 0.2, [v or 0 for v in warm], 0.4, color=[COLORS.get(n) for n in names], edgecolor="black",
-                   label="warm")
-            for x, c, w in zip(xs, cold, warm):
-                for dx, v in ((-0.2, c), (0.2, w)):
+            for dx, field, label, hatch in ((-0.2, first, first_label, "//"), (0.2, second, second_label, None)):
+                values = [engines[n].get(field) for n in names]
+                ax.bar(xs + dx, [v or 0 for v in values], 0.4, color=[COLORS.get(n) for n in names], hatch=hatch,
+                       edgecolor="black", label=label)
+                for x, v in zip(xs, values):
                     ax.text(x + dx, v or 0, fmt(v) if v is not None else "n/a", ha="center", va="bottom", fontsize=7)
             ax.legend(fontsize=8)
         else:
@@ -80,7 +79,8 @@ def plot(report: dict, path: str) -> None:
     weights = "seeded random weights" if m["random_weights"] else Path(m["source"]).name
     fig.suptitle(f"GPT-2 {m['parameter_count'] / 1e6:.0f}M float32 ({weights}) on {report['machine']['cpu']}, "
                  f"{report['machine']['cores']} cores — one run; bars are medians of {report['workload']['rounds']} "
-                 f"rounds for {' and '.join(PAIR)} (dots: each round), of one for the others")
+                 f"rounds for {', '.join(n for n in EVERY_ROUND if n in engines)} (dots: each round), of one for "
+                 "the others")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -55,6 +55,7 @@ def print_table(report: dict, batch: int, out=None) -> None:
         ("time to first token (ms)", [e["ttft_ms"] for e in engines.values()], 1),
         ("compile, cold cache (s)", [e["compile_s_cold"] for e in engines.values()], 1),
         ("compile, warm cache (s)", [e["compile_s_warm"] for e in engines.values()], 1),
+        ("RSS after load (MB)", [e["rss_after_load_mb"] for e in engines.values()], 0),
         ("peak RSS (MB)", [e["peak_rss_mb"] for e in engines.values()], 0),
         ("greedy tokens = transformers", [e["greedy_tokens_match"] for e in engines.values()], 0),
         ("teacher-forced top-1 = transformers", [e["teacher_forced_top1_agreement"] for e in engines.values()], 3),
@@ -76,7 +77,8 @@ def print_table(report: dict, batch: int, out=None) -> None:
         if e["status"] != "ok":
             print(f"{name}: {e['status']}", file=out)
     if report.get("targets"):
-        print("targets, ours against torch-eager: the median of the rounds' ratios (each round's)", file=out)
+        print("targets, ours against torch-eager and the best float32 peer: the median of the rounds' ratios "
+              "(each round's)", file=out)
     for t in report.get("targets", []):
         mark = "?" if t["met"] is None else ("✓" if t["met"] else "✗")
         rounds = ", ".join(fmt(v, 2) for v in t["per_round"])

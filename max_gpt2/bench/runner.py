@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from max_gpt2.bench.arguments import COMPILED, DECODE_PROMPT, PAIR, REFERENCE, settle, unavailable
+from max_gpt2.bench.arguments import COMPILED, DECODE_PROMPT, EVERY_ROUND, REFERENCE, settle, unavailable
 from max_gpt2.bench.report import machine, print_table
 from max_gpt2.bench.stats import Results, engine_report, listed, median, targets, teacher_forced
 from max_gpt2.bench.worker import Worker
@@ -50,7 +50,7 @@ def run(args) -> int:
                   "weight_bytes_per_decode_step": weight_bytes},
         "workload": {"prompt_lengths": lengths, "new_tokens": args.new_tokens, "batch": args.batch,
                      "batch_new_tokens": args.batch_new_tokens, "decode_prompt_tokens": DECODE_PROMPT,
-                     "dtype": "float32", "rounds": args.rounds, "engines_every_round": list(PAIR),
+                     "dtype": "float32", "rounds": args.rounds, "engines_every_round": list(EVERY_ROUND),
                      "quick": bool(args.quick)},
         "bench_seconds": None,
         "memory_bandwidth_gb_s": median(bandwidth),
@@ -58,7 +58,7 @@ def run(args) -> int:
         "roofline_decode_tokens_per_s": median(roofline),
         "engines": {e: engine_report(results[e], reference, roofline, args.batch) for e in engines},
     }
-    report["targets"] = targets(results, roofline, max(lengths))
+    report["targets"] = targets(results, roofline, max(lengths), parameters * 4 / 1e6)
     report["bench_seconds"] = round(time.monotonic() - start, 1)
     print_table(report, args.batch)
     if args.json:
@@ -190,12 +190,13 @@ class Bench:
             reply = self._call(w, {"task": "load"})
             if reply:
                 self.results[e].put(0, compile_s_warm=reply["compile_s"])
+                self.results[e].rss_after_load_mb = round(reply["rss_after_load_mb"], 1)
                 live[e] = w
             else:
                 self._stop(w)
 
         for r in range(args.rounds):
-            here = [e for e in live if (r == 0 or e in PAIR) and live[e].status == "ok"]
+            here = [e for e in live if (r == 0 or e in EVERY_ROUND) and live[e].status == "ok"]
             if not here:
                 break
             here = here[r % len(here):] + here[:r % len(here)]  # each round starts with another engine

@@ -129,9 +129,18 @@ class Worker:
 
 def vm_hwm_mb(pid: int | str = "self") -> float:
     """A process's peak resident memory, MB (Linux); 0 where /proc is not there to say."""
+    return _status_mb(pid, "VmHWM:")
+
+
+def vm_rss_mb(pid: int | str = "self") -> float:
+    """A process's resident memory now, MB (Linux); 0 where /proc is not there to say."""
+    return _status_mb(pid, "VmRSS:")
+
+
+def _status_mb(pid: int | str, field: str) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -151,7 +160,8 @@ def serve(job: dict) -> int:
             from max_gpt2.bench.engines import engine_class
 
             engine = engine_class(job["engine"])(job["model"], Path(job["scratch"]))
-            values = {"compile_s": engine.compile()}
+            loaded = vm_rss_mb()  # the weights in, nothing compiled yet (a peer's includes its conversion)
+            values = {"compile_s": engine.compile(), "rss_after_load_mb": loaded}
         elif task["task"] == "bandwidth":
             from max_gpt2.machine import memory_bandwidth
 
