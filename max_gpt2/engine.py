@@ -132,7 +132,7 @@ class GPT2(TextAPI):
         from max_gpt2.model import GPT2LMHeadModel, GPT2Prefill
 
         if self.progress:
-            self.progress(Waiting(f"compiling the {name} graph (a new model size takes a minute or more)"))
+            self.progress(Waiting(f"compiling the {name} graph (minutes the first time for a model size, seconds after)"))
         start = time.perf_counter()
         if name == "logits":
             compiled = compile_module(GPT2LMHeadModel, self.config, [self._type(np.int64, "batch", "seqlen")],
