@@ -217,6 +217,14 @@ def test_a_time_limit_that_is_not_a_positive_number_is_one_clear_error(option, v
     assert result.stderr.strip() == f"max-gpt2: error: {option} must be a number of seconds > 0, got {float(value)}"
 
 
+def test_a_batch_past_the_limit_is_one_clear_error():
+    """Without the check, any --batch went on to write a checkpoint and start every engine."""
+    result = bench("--batch", "65", timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == ("max-gpt2: error: --batch must be at most 64 (every engine keeps a cache of its "
+                                     "context for each row), got 65")
+
+
 def test_kernel_bench_runs(tmp_path):
     """docs/kernel_bench.py, behind docs/benchmarks.md's account of where the time goes, at tiny
     sizes: every measurement it prints is there and positive. A smoke test: the full sizes take

@@ -17,6 +17,7 @@ OURS = "max-compiled-kv"
 # The targets compare ours with these: they run every round, the other engines in the first.
 EVERY_ROUND = (OURS, REFERENCE, *PEERS)
 DECODE_PROMPT = 16  # tokens in the prompt of the decode and batch workloads
+MAX_BATCH = 64
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,6 +66,9 @@ def settle(args) -> tuple[list[str], list[int]]:
     lengths = _lengths(args.prompt_lengths)
     if args.new_tokens < 2 or args.batch_new_tokens < 1 or args.batch < 1 or args.rounds < 1:
         raise GPT2Error("--new-tokens must be >= 2, --batch-new-tokens, --batch and --rounds >= 1")
+    if args.batch > MAX_BATCH:
+        raise GPT2Error(f"--batch must be at most {MAX_BATCH} (every engine keeps a cache of its context for each "
+                        f"row), got {args.batch}")
     for name in ("timeout", "eager_timeout", "compile_timeout"):
         seconds = getattr(args, name)
         if not 0 < seconds < float("inf"):  # also refuses NaN

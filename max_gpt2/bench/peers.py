@@ -188,20 +188,29 @@ class LlamaCpp(Engine):
         self.lib = lib = llama_cpp
         lib.llama_backend_init()
         self.model = lib.llama_model_load_from_file(str(file).encode(), lib.llama_model_default_params())
-        settings = lib.llama_context_default_params()
-        threads = os.cpu_count() or 1
-        # Sized as a user sizes llama-server for bench's work: 8 sequences (bench's batch unless
-        # told otherwise) sharing one cache of n_positions, which holds any of its workloads.
-        self.rows = 8
-        settings.n_ctx = c.n_positions
-        settings.n_batch = settings.n_ubatch = self.batch_size = c.n_positions
-        settings.n_seq_max = self.rows
-        settings.kv_unified = True  # one cache shared by the sequences, as llama-server runs them
-        settings.n_threads = settings.n_threads_batch = threads
-        self.context = lib.llama_init_from_model(self.model, settings)
-        if not self.model or not self.context:
+        if not self.model:
             raise RuntimeError(f"llama.cpp could not load {file}")
+        self.batch_size = c.n_positions  # entries per llama_decode
         self.batch = lib.llama_batch_init(self.batch_size, 0, 1)
+        self.context, self.rows = None, 0
+        # Sized as a user sizes llama-server for bench's work: 8 sequences (bench's batch unless
+        # told otherwise) sharing one cache of n_positions, which holds all of bench's workloads.
+        self._hold(8, c.n_positions)
+
+    def _hold(self, rows: int, positions: int) -> None:
+        """A context for `rows` sequences sharing a cache of `positions`."""
+        lib = self.lib
+        if self.context:
+            lib.llama_free(self.context)
+        settings = lib.llama_context_default_params()
+        settings.n_ctx, settings.n_seq_max = positions, rows
+        settings.n_batch = settings.n_ubatch = self.batch_size
+        settings.kv_unified = True  # one cache shared by the sequences, as llama-server runs them
+        settings.n_threads = settings.n_threads_batch = os.cpu_count() or 1
+        self.context = lib.llama_init_from_model(self.model, settings)
+        if not self.context:
+            raise RuntimeError(f"llama.cpp could not make a context of {rows} sequences, {positions} positions")
+        self.rows, self.n_ctx = rows, positions
 
     def compile(self) -> None:
         return None
@@ -218,8 +227,7 @@ class LlamaCpp(Engine):
             b.n_tokens = len(chunk)
             status = lib.llama_decode(self.context, b)
             if status != 0:
-                raise RuntimeError(f"llama_decode returned {status} (1: its cache of {self.n_positions} positions "
-                                   "is full)")
+                raise RuntimeError(f"llama_decode returned {status} (1: its cache of {self.n_ctx} positions is full)")
             for i, entry in enumerate(chunk):
                 if entry[3]:
                     pointer = lib.llama_get_logits_ith(self.context, i)
@@ -229,8 +237,8 @@ class LlamaCpp(Engine):
     def _prompts(self, ids: np.ndarray) -> np.ndarray:
         """Every row's prompt into the cache as a sequence of its own, together as llama-server
         takes its slots' prompts; the next token's logits per row."""
-        if len(ids) > self.rows:
-            raise ValueError(f"the llama.cpp engine holds at most {self.rows} rows")
+        if len(ids) > self.rows:  # a --batch over 8: room for every row's whole context
+            self._hold(len(ids), len(ids) * self.n_positions)
         self.lib.llama_memory_clear(self.lib.llama_get_memory(self.context), True)
         n = ids.shape[1]
         return self._decode([(t, p, s, p == n - 1) for s, row in enumerate(ids.tolist()) for p, t in enumerate(row)])
