@@ -24,6 +24,7 @@ PEERS = ("ctranslate2-fp32", "onnxruntime-fp32", "llama.cpp-f32")
 # llama.cpp computes GELU from a float16 table (ggml's GELU on the CPU), so its logits differ
 # from float32 by about 1e-2 on the test checkpoints; the others are float32 end to end.
 LOGIT_BOUND = {"llama.cpp-f32": 0.1}
+PEERS_8_BIT = ("ctranslate2-int8", "llama.cpp-q8_0")
 
 
 def bench(*args, timeout=900):
@@ -96,7 +97,7 @@ def test_quick_bench_writes_a_complete_json_and_a_png(hub, tmp_path):
 def missing_peers() -> str | None:
     from max_gpt2.bench.arguments import unavailable
 
-    reasons = [f"{e}: {unavailable(e)}" for e in PEERS if unavailable(e)]
+    reasons = [f"{e}: {unavailable(e)}" for e in PEERS + PEERS_8_BIT if unavailable(e)]
     return "; ".join(reasons) or None
 
 
@@ -132,6 +133,23 @@ def test_peers_fill_the_same_fields_and_match_transformers(hub, tmp_path):
     fastest = [min(per_round[p]["prefill_ms"]["16"][r] for p in PEERS) for r in range(2)]
     prefill = next(t for t in report["targets"] if t["target"].startswith("prefill of the longest prompt ≥ 1.2×"))
     assert prefill["per_round"] == pytest.approx([f / o for f, o in zip(fastest, per_round["max-compiled-kv"]["prefill_ms"]["16"])])
+
+
+@pytest.mark.skipif(missing_peers() is not None, reason=str(missing_peers()))
+def test_8_bit_peers_run_and_show_what_their_rounding_costs(hub, tmp_path):
+    """CTranslate2's int8 and llama.cpp's q8_0: the same report, and the teacher-forced logits
+    show that they are not float32 (on the test checkpoint's std-0.2 weights the logits move by
+    tenths; a float32 engine stays within 1e-2)."""
+    out = tmp_path / "bench.json"
+    result = bench("--model", str(hub.path), "--quick", "--rounds", "1", "--engines", ",".join(PEERS_8_BIT),
+                   "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    for name in PEERS_8_BIT:
+        engine = report["engines"][name]
+        assert set(FIELDS) <= set(engine) and engine["status"] == "ok", (name, engine["status"])
+        assert engine["decode_tokens_per_s"] > 0 and engine["batch8_tokens_per_s"] > 0, name
+        assert 0 < engine["teacher_forced_top1_agreement"] <= 1 and engine["max_abs_logit_diff"] > 0.05, name
 
 
 def test_a_peer_without_its_extra_is_skipped_with_one_line(hub, tmp_path):

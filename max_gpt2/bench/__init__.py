@@ -10,7 +10,9 @@ Engines:
   ctranslate2-fp32        CTranslate2's Generator on the checkpoint converted by its converter
   onnxruntime-fp32        ONNX Runtime on a decoder-with-past exported by torch.onnx
   llama.cpp-f32           llama.cpp (llama-cpp-python) on a float32 GGUF written as its converter does
-The last three are the CPU engines people compare with; they need the bench-peers extra
+  ctranslate2-int8        CTranslate2 with its int8 weights (compute type int8)
+  llama.cpp-q8_0          llama.cpp on the GGUF in q8_0, its 8-bit format
+The last five are the CPU engines people compare with; they need the bench-peers extra
 (pip install 'max-gpt2[bench-peers]') and are skipped, with the reason, without it.
 
 Workloads: prefill latency by prompt length; decode tokens/s over N new tokens at batch 1; time to

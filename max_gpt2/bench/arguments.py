@@ -10,12 +10,15 @@ from max_gpt2.errors import GPT2Error
 # The CPU engines users compare with, and the modules each needs (the `bench-peers` extra).
 PEERS = {"ctranslate2-fp32": ("ctranslate2",), "onnxruntime-fp32": ("onnxruntime", "onnx"),
          "llama.cpp-f32": ("llama_cpp", "gguf")}
-ENGINES = ("max-compiled-kv", "max-compiled-recompute", "max-eager", "torch-eager", "torch-compile", *PEERS)
+# The same engines with 8-bit weights, for the reduced-precision comparison.
+PEERS_INT8 = {"ctranslate2-int8": ("ctranslate2",), "llama.cpp-q8_0": ("llama_cpp", "gguf")}
+ENGINES = ("max-compiled-kv", "max-compiled-recompute", "max-eager", "torch-eager", "torch-compile", *PEERS,
+           *PEERS_INT8)
 COMPILED = ("max-compiled-kv", "max-compiled-recompute", "torch-compile")  # these have compile times
 REFERENCE = "torch-eager"  # transformers itself: its greedy tokens are the ones to match
 OURS = "max-compiled-kv"
 # The targets compare ours with these: they run every round, the other engines in the first.
-EVERY_ROUND = (OURS, REFERENCE, *PEERS)
+EVERY_ROUND = (OURS, REFERENCE, *PEERS, *PEERS_INT8)
 DECODE_PROMPT = 16  # tokens in the prompt of the decode and batch workloads
 MAX_BATCH = 64
 
@@ -83,7 +86,7 @@ def settle(args) -> tuple[list[str], list[int]]:
 
 def unavailable(engine: str) -> str | None:
     """Why an engine cannot run here (a one-line reason), or None if it can."""
-    missing = [m for m in PEERS.get(engine, ()) if importlib.util.find_spec(m) is None]
+    missing = [m for m in {**PEERS, **PEERS_INT8}.get(engine, ()) if importlib.util.find_spec(m) is None]
     if missing:
         return f"skipped: needs {' and '.join(missing)} (pip install 'max-gpt2[bench-peers]')"
     return None

@@ -21,6 +21,8 @@ from max_gpt2.bench.engines import Engine, TorchEager, timed
 class CTranslate2(Engine):
     """CTranslate2's Generator on a model converted by its Transformers converter (float32)."""
 
+    compute_type = "float32"
+
     def __init__(self, path: str, scratch: Path) -> None:
         import ctranslate2
         from ctranslate2.converters import TransformersConverter
@@ -37,10 +39,10 @@ class CTranslate2(Engine):
             def load_tokenizer(self, *_, **__):
                 return _IdTokens(reference.config.vocab_size)
 
-        folder = scratch / "ctranslate2-fp32"
+        folder = scratch / "ctranslate2"
         reference.config.save_pretrained(scratch / "ctranslate2-source")  # all the converter reads from disk
         Converter(str(scratch / "ctranslate2-source")).convert(str(folder), force=True)
-        self.generator = ctranslate2.Generator(str(folder), device="cpu", compute_type="float32",
+        self.generator = ctranslate2.Generator(str(folder), device="cpu", compute_type=self.compute_type,
                                                intra_threads=os.cpu_count() or 1)
 
     def compile(self) -> None:
@@ -67,6 +69,13 @@ class CTranslate2(Engine):
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         return np.array(self.generator.forward_batch(ids.tolist()))[0]
+
+
+class CTranslate2Int8(CTranslate2):
+    """The same converted model, its weights quantized to int8 as CTranslate2 loads it
+    (compute_type "int8": int8 matrix products, the rest float32)."""
+
+    compute_type = "int8"
 
 
 class _IdTokens:
@@ -173,6 +182,8 @@ class LlamaCpp(Engine):
     as llama.cpp's converter writes GPT-2 (`_write_gguf`). The batch runs as llama.cpp batches
     sequences: one llama_decode over every row's token, each row its own sequence in the cache."""
 
+    q8_0 = False
+
     def __init__(self, path: str, scratch: Path) -> None:
         import llama_cpp
         from llama_cpp._logger import set_verbose
@@ -181,9 +192,9 @@ class LlamaCpp(Engine):
         reference = TorchEager(path, scratch).model
         c = reference.config
         self.vocab, self.n_positions = c.vocab_size, c.n_positions
-        file = scratch / "llama.cpp-f32" / "gpt2-f32.gguf"
+        file = scratch / "llama.cpp" / ("gpt2-q8_0.gguf" if self.q8_0 else "gpt2-f32.gguf")
         file.parent.mkdir(exist_ok=True)
-        _write_gguf(reference, Path(path), file)
+        _write_gguf(reference, Path(path), file, self.q8_0)
         del reference
         self.lib = lib = llama_cpp
         lib.llama_backend_init()
@@ -265,11 +276,19 @@ class LlamaCpp(Engine):
         return self._decode([(t, p, 0, True) for p, t in enumerate(ids[0].tolist())])
 
 
-def _write_gguf(model, source: Path, file: Path) -> None:
-    """transformers' GPT-2 as a float32 GGUF file, written with gguf-py (llama.cpp's own library)
-    the way llama.cpp's convert_hf_to_gguf.py writes GPT2LMHeadModel: its hyperparameters, its
-    tensor names (gguf's GPT-2 name map), Conv1D weights transposed to [out, in], the attention
-    mask buffers left out, the tied head left to llama.cpp (which reuses the token embedding).
+class LlamaCppQ8(LlamaCpp):
+    """The same, on the GGUF file in q8_0, llama.cpp's 8-bit format (--outtype q8_0)."""
+
+    q8_0 = True
+
+
+def _write_gguf(model, source: Path, file: Path, q8_0: bool = False) -> None:
+    """transformers' GPT-2 as a GGUF file, float32 or `q8_0`, written with gguf-py (llama.cpp's
+    own library) the way llama.cpp's convert_hf_to_gguf.py writes GPT2LMHeadModel with
+    --outtype f32 or q8_0: its hyperparameters, its tensor names (gguf's GPT-2 name map), Conv1D
+    weights transposed to [out, in], the attention mask buffers left out, the tied head left to
+    llama.cpp (which reuses the token embedding); in q8_0 every matrix but the position table
+    quantized in blocks of 32 with a float16 scale each, the vectors kept float32.
     The converter itself ships only in llama.cpp's source tree, not in any package, and reads a
     folder with tokenizer files; bench runs bare checkpoints and token ids too."""
     import gguf
@@ -282,7 +301,9 @@ def _write_gguf(model, source: Path, file: Path) -> None:
     w.add_feed_forward_length(c.n_inner or 4 * c.n_embd)
     w.add_head_count(c.n_head)
     w.add_layer_norm_eps(c.layer_norm_epsilon)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if q8_0 else gguf.LlamaFileType.ALL_F32)
+    if q8_0:
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     tokens, merges = _vocabulary(source, c.vocab_size)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
@@ -305,7 +326,18 @@ def _write_gguf(model, source: Path, file: Path) -> None:
         array = tensor.detach().float().numpy()
         if name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
             array = array.T
-        w.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(array))
+        name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        array = np.ascontiguousarray(array)
+        if q8_0 and array.ndim == 2 and name != "position_embd.weight":
+            kind = gguf.GGMLQuantizationType.Q8_0
+            try:
+                data = gguf.quants.quantize(array, kind)
+            except gguf.QuantError:  # rows not a whole number of blocks: float16, as the converter falls back
+                kind = gguf.GGMLQuantizationType.F16
+                data = gguf.quants.quantize(array, kind)
+            w.add_tensor(name, data, raw_dtype=kind)
+        else:
+            w.add_tensor(name, array)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -335,4 +367,5 @@ def _vocabulary(source: Path, size: int) -> tuple[list[str], list[str]]:
     return alphabet + [f"[ID{i}]" for i in range(len(alphabet), size)], [f"{alphabet[0]} {alphabet[1]}"]
 
 
-PEER_CLASSES = {"ctranslate2-fp32": CTranslate2, "onnxruntime-fp32": OnnxRuntime, "llama.cpp-f32": LlamaCpp}
+PEER_CLASSES = {"ctranslate2-fp32": CTranslate2, "onnxruntime-fp32": OnnxRuntime, "llama.cpp-f32": LlamaCpp,
+                "ctranslate2-int8": CTranslate2Int8, "llama.cpp-q8_0": LlamaCppQ8}

@@ -11,7 +11,8 @@ from max_gpt2.bench.report import fmt
 
 COLORS = {"max-compiled-kv": "#d62728", "max-compiled-recompute": "#ff9896", "max-eager": "#c7c7c7",
           "torch-eager": "#1f77b4", "torch-compile": "#aec7e8", "ctranslate2-fp32": "#2ca02c",
-          "onnxruntime-fp32": "#9467bd", "llama.cpp-f32": "#8c564b"}
+          "onnxruntime-fp32": "#9467bd", "llama.cpp-f32": "#8c564b", "ctranslate2-int8": "#98df8a",
+          "llama.cpp-q8_0": "#c49c94"}
 
 
 def plot(report: dict, path: str) -> None:
@@ -77,7 +78,7 @@ def plot(report: dict, path: str) -> None:
         ax.set_title(title)
     m = report["model"]
     weights = "seeded random weights" if m["random_weights"] else Path(m["source"]).name
-    fig.suptitle(f"GPT-2 {m['parameter_count'] / 1e6:.0f}M float32 ({weights}) on {report['machine']['cpu']}, "
+    fig.suptitle(f"GPT-2 {m['parameter_count'] / 1e6:.0f}M ({weights}; float32 unless named) on {report['machine']['cpu']}, "
                  f"{report['machine']['cores']} cores — one run; bars are medians of {report['workload']['rounds']} "
                  f"rounds for {', '.join(n for n in EVERY_ROUND if n in engines)} (dots: each round), of one for "
                  "the others")

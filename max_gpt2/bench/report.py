@@ -45,7 +45,8 @@ def print_table(report: dict, batch: int, out=None) -> None:
     m = report["model"]
     c = m["config"]
     kind = "seeded random weights" if m["random_weights"] else f"weights from {m['source']}"
-    print(f"\nGPT-2 {m['parameter_count'] / 1e6:.0f}M ({c['n_layer']} layers, {c['n_embd']} wide; {kind}), float32, "
+    print(f"\nGPT-2 {m['parameter_count'] / 1e6:.0f}M ({c['n_layer']} layers, {c['n_embd']} wide; {kind}), float32 unless "
+          f"an engine's name says otherwise, "
           f"on {report['machine']['cpu']} ({report['machine']['cores']} cores)", file=out)
     rows = [(f"prefill {n} tokens (ms)", [e["prefill_ms"].get(str(n)) for e in engines.values()], 1) for n in lengths]
     rows += [

@@ -50,7 +50,7 @@ def run(args) -> int:
                   "weight_bytes_per_decode_step": weight_bytes},
         "workload": {"prompt_lengths": lengths, "new_tokens": args.new_tokens, "batch": args.batch,
                      "batch_new_tokens": args.batch_new_tokens, "decode_prompt_tokens": DECODE_PROMPT,
-                     "dtype": "float32", "rounds": args.rounds, "engines_every_round": list(EVERY_ROUND),
+                     "dtype": "float32 unless the engine's name says otherwise", "rounds": args.rounds, "engines_every_round": list(EVERY_ROUND),
                      "quick": bool(args.quick)},
         "bench_seconds": None,
         "memory_bandwidth_gb_s": median(bandwidth),
