@@ -19,7 +19,8 @@ import pytest
 CLI = [str(Path(sys.executable).with_name("max-gpt2"))]
 ENGINES = ("max-compiled-kv", "max-compiled-recompute", "max-eager", "torch-eager")
 FIELDS = ("decode_tokens_per_s", "prefill_ms", "batch8_tokens_per_s", "ttft_ms", "compile_s_cold", "compile_s_warm",
-          "rss_after_load_mb", "peak_rss_mb", "greedy_tokens_match", "teacher_forced_top1_agreement", "max_abs_logit_diff")
+          "rss_after_load_mb", "peak_rss_mb", "greedy_tokens_match", "teacher_forced_top1_agreement", "max_abs_logit_diff",
+          "teacher_forced_kl")
 PEERS = ("ctranslate2-fp32", "onnxruntime-fp32", "llama.cpp-f32")
 # llama.cpp computes GELU from a float16 table (ggml's GELU on the CPU), so its logits differ
 # from float32 by about 1e-2 on the test checkpoints; the others are float32 end to end.
@@ -123,6 +124,7 @@ def test_peers_fill_the_same_fields_and_match_transformers(hub, tmp_path):
         assert engine["greedy_tokens_match"] is True and engine["greedy_tokens_checked"] > 0, name
         assert engine["teacher_forced_top1_agreement"] == 1.0, name
         assert engine["max_abs_logit_diff"] < LOGIT_BOUND.get(name, 1e-2), name
+        assert 0 <= engine["teacher_forced_kl"] < 1e-4, name
     assert "teacher-forced top-1" in result.stdout
     # Each round's ratio is taken against the best peer of that round.
     per_round = {e: report["engines"][e]["per_round"] for e in report["engines"]}
@@ -150,6 +152,7 @@ def test_8_bit_peers_run_and_show_what_their_rounding_costs(hub, tmp_path):
         assert set(FIELDS) <= set(engine) and engine["status"] == "ok", (name, engine["status"])
         assert engine["decode_tokens_per_s"] > 0 and engine["batch8_tokens_per_s"] > 0, name
         assert 0 < engine["teacher_forced_top1_agreement"] <= 1 and engine["max_abs_logit_diff"] > 0.05, name
+        assert engine["teacher_forced_kl"] > 1e-4, name  # float32 engines stay below (the peers' test)
 
 
 def test_a_peer_without_its_extra_is_skipped_with_one_line(hub, tmp_path):

@@ -30,10 +30,13 @@ def machine(load_before) -> dict:
 
 
 def fmt(value, digits=1) -> str:
+    """A figure for the table: `digits` after the point, or in scientific notation if negative."""
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "NO"
+    if digits < 0:
+        return f"{value:.{-digits}e}"
     return f"{value:,.{digits}f}"
 
 
@@ -61,6 +64,7 @@ def print_table(report: dict, batch: int, out=None) -> None:
         ("greedy tokens = transformers", [e["greedy_tokens_match"] for e in engines.values()], 0),
         ("teacher-forced top-1 = transformers", [e["teacher_forced_top1_agreement"] for e in engines.values()], 3),
         ("  max |Δlogit|", [e["max_abs_logit_diff"] for e in engines.values()], 5),
+        ("  mean KL(transformers ‖ engine)", [e["teacher_forced_kl"] for e in engines.values()], -1),
         ("rounds", [e["rounds"] for e in engines.values()], 0),
     ]
     width = max(len(r[0]) for r in rows) + 2

@@ -18,7 +18,7 @@ class Results:
         self.rss_after_load_mb = None  # resident once loaded, before compiling
         self.status: list[str] = []
         self.reference = None  # transformers' tokens and top-2 margins (the reference engine only)
-        self.teacher_forced = None  # (top-1 agreement, max |Δlogit|) against transformers
+        self.teacher_forced = None  # (top-1 agreement, max |Δlogit|, mean KL) against transformers
 
     def put(self, round_: int, **values) -> None:
         self.rounds.setdefault(round_, {}).update(values)
@@ -70,6 +70,7 @@ def engine_report(res: Results, reference: Results | None, roofline: dict, batch
         "greedy_tokens_checked": 0,
         "teacher_forced_top1_agreement": res.teacher_forced and res.teacher_forced[0],
         "max_abs_logit_diff": res.teacher_forced and res.teacher_forced[1],
+        "teacher_forced_kl": res.teacher_forced and res.teacher_forced[2],
         "rounds": len(decode),
         "per_round": {**{key: listed(s) for key, s in series.items()},
                       "prefill_ms": {n: listed(s) for n, s in prefill.items()}},
@@ -86,12 +87,18 @@ def engine_report(res: Results, reference: Results | None, roofline: dict, batch
     return report
 
 
-def teacher_forced(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float] | None:
+def teacher_forced(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float, float] | None:
     """How often an engine's likeliest token is transformers' at the same position of the same
-    sequence, and the largest logit difference; None if the logits do not even have one shape."""
+    sequence, the largest logit difference, and the mean KL(transformers || engine) over the
+    positions, as `max-gpt2 eval --against` computes it; None if the logits do not even have one
+    shape."""
+    from max_gpt2.evaluate import log_softmax
+
     if ours.shape != theirs.shape:
         return None
-    return float(np.mean(ours.argmax(-1) == theirs.argmax(-1))), float(np.abs(ours - theirs).max())
+    logq, logp = log_softmax(ours), log_softmax(theirs)
+    kl = float((np.exp(logp) * (logp - logq)).sum(-1).mean())
+    return float(np.mean(ours.argmax(-1) == theirs.argmax(-1))), float(np.abs(ours - theirs).max()), kl
 
 
 # Logits closer than this are a tie: two implementations' float32 sums differ in the last digits
