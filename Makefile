@@ -6,6 +6,7 @@
 #   make check-all   every step's checker       (pixi run check-all)
 #   make my-gpt2     run your own finished GPT-2 (steps/step_11.py)
 #   make bench       compiled vs eager          (pixi run bench)
+#   make serve       GPT-2 over an OpenAI API   (pixi run serve); its own .venv-serve (see README)
 
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +18,7 @@ STEPS := s01 s02 s03 s04 s05 s06 s07 s08 s09 s10 s11
 # TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu installs the CPU build instead.
 TORCH_INDEX_URL ?=
 
-.PHONY: setup gpt2 test check-all my-gpt2 bench verify $(STEPS)
+.PHONY: setup gpt2 test check-all my-gpt2 bench verify serve $(STEPS)
 
 setup: $(STAMP)
 
@@ -51,3 +52,18 @@ bench: $(STAMP)
 
 verify: $(STAMP)
 	$(VENV)/bin/max-gpt2 verify --model $(MODEL)
+
+# MAX Serve pins transformers, so `serve` gets an environment of its own (the tests in it:
+# .venv-serve/bin/python -m pytest tests/test_serve.py).
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
+
+$(SERVE_STAMP): pyproject.toml constraints.txt
+	test -d $(SERVE_VENV) || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch
+	$(SERVE_VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[serve,test]"
+	touch $(SERVE_STAMP)
+
+serve: $(SERVE_STAMP)
+	$(SERVE_VENV)/bin/max-gpt2 serve --model $(MODEL)

@@ -1,4 +1,5 @@
-"""`max-gpt2 serve`: MAX Serve with our GPT-2 architecture, safe defaults, and progress.
+"""`max-gpt2 serve`: GPT-2 behind an OpenAI-compatible HTTP API (/v1/completions, /v1/models,
+/health, Prometheus /metrics), served by MAX Serve with max-gpt2's architecture.
 
 What it adds to a bare `max serve --custom-architectures max_gpt2.serve`:
 - the loopback interface unless told otherwise (MAX binds 0.0.0.0), and the metrics server
@@ -8,9 +9,9 @@ What it adds to a bare `max serve --custom-architectures max_gpt2.serve`:
   config.json names GPT2LMHeadModel, so anything else is converted into one first (once,
   kept in our cache folder);
 - progress lines while the model loads and compiles, one line of error if it does not start.
-
-Imports only the standard library until it runs, so `max-gpt2 --help` stays quick.
 """
+
+# Only the standard library at import: `max-gpt2 --help` builds this command's parser.
 
 from __future__ import annotations
 
@@ -117,7 +118,9 @@ def max_serve_command(model: Path, args) -> list[str]:
     # "folder:module" puts our package's folder on MAX's import path, which its spawned model
     # worker inherits; a module name alone is not found there from an editable install.
     package_root = Path(__file__).resolve().parents[2]
+    # Clients name the model as the user did (`gpt2`), not by the folder it was converted into.
     command = [sys.executable, "-m", "max._entrypoints.pipelines", "serve", "--model", str(model),
+               "--served-model-name", args.model,
                "--custom-architectures", f"{package_root}:max_gpt2.serve", "--devices", "cpu",
                "--host", args.host, "--port", str(args.port)]
     if args.max_batch_size is not None:
