@@ -139,11 +139,13 @@ READY = "Server ready on"
 
 
 def supervise(command: list[str], env: dict, status, url: str, *, verbose: bool = False) -> int:
-    """Runs MAX Serve, shows progress until it is ready, then passes its log through until it exits."""
+    """Runs MAX Serve, shows progress until it is ready, then passes its log through until it
+    exits. Ctrl-C or SIGTERM stops it, workers included."""
+    signal.signal(signal.SIGTERM, _interrupt)
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1, start_new_session=True)
     recent: deque[str] = deque(maxlen=40)
-    ready = False
+    ready, said = False, set()
     try:
         for line in process.stdout:
             if ready or verbose:
@@ -157,7 +159,8 @@ def supervise(command: list[str], env: dict, status, url: str, *, verbose: bool 
                 status(f"serving GPT-2 at {url}/v1 (OpenAI API); health: {url}/health; Ctrl-C stops")
                 continue
             for mark, message in PHASES:
-                if mark in line:
+                if mark in line and message not in said:  # MAX logs some steps once per graph
+                    said.add(message)
                     status(Waiting(message))
         code = process.wait()
     except KeyboardInterrupt:
@@ -170,6 +173,10 @@ def supervise(command: list[str], env: dict, status, url: str, *, verbose: bool 
         sys.stderr.write(f"{tail}\n")
         raise ServeError(f"MAX Serve stopped before it was ready (exit {code}); its last lines are above")
     return code
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _stop(process: subprocess.Popen) -> None:
