@@ -29,6 +29,7 @@ openai = pytest.importorskip("openai", reason="the openai client is not installe
 from max_gpt2.reference import ODD, make_checkpoint, reference_greedy  # noqa: E402
 
 MODEL = "odd-gpt2"  # what the test server calls its model
+MAX_REQUEST_BYTES = 1 << 20
 START_TIMEOUT = 1200  # a first start compiles the model and the sampler: minutes on a busy 2-core CPU
 PROMPTS = ["Hello, my dog is", "The", "Once upon a time there was a little robot who lived",
            "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24", "Paris is"]
@@ -51,7 +52,9 @@ class Server:
                    "--metrics-port", str(metrics), "--max-batch-size", str(max_batch_size),
                    "--", "--served-model-name", MODEL]
         self.log: list[str] = []
-        self.process = subprocess.Popen(command, env=dict(os.environ), stderr=subprocess.PIPE, text=True)
+        # A small body limit (MAX Serve's default is 100 MiB) so the oversize-body test sends little.
+        env = dict(os.environ, MAX_SERVE_MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES))
+        self.process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
         self.ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -194,6 +197,26 @@ def test_models_health_and_metrics_answer(server, client):
         assert "maxserve_" in response.read().decode()
 
 
+def test_32_streaming_clients_each_get_their_single_request_greedy_result(client):
+    """A load test, bounded: 32 clients at once, two streamed requests each, prompts and
+    lengths varied; every request completes and equals the same request sent alone."""
+    work = [(PROMPTS[i % len(PROMPTS)], 4 + (7 * i) % 23) for i in range(8)]
+    alone = {w: greedy(client, *w) for w in work}
+
+    def streamed(prompt, max_tokens):
+        chunks = client.completions.create(model=MODEL, prompt=prompt, max_tokens=max_tokens, temperature=0,
+                                           stream=True)
+        return "".join(c.choices[0].text for c in chunks if c.choices)
+
+    def one_client(i):
+        return [(w, streamed(*w)) for w in (work[i % 8], work[(i * 3 + 1) % 8])]
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        results = [r for rs in pool.map(one_client, range(32), timeout=600) for r in rs]
+    assert len(results) == 64
+    assert [text for _, text in results] == [alone[w] for w, _ in results]
+
+
 # --- faults -----------------------------------------------------------------------------------
 
 
@@ -226,4 +249,22 @@ def test_a_huge_max_tokens_stops_at_the_context(client, tokenizer):
 def test_chat_without_a_chat_template_is_refused_with_a_4xx(client):
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert greedy(client, PROMPTS[4], 3)
+
+
+def test_clients_dropping_mid_stream_leave_the_server_serving_correctly(server, client):
+    for _ in range(4):
+        stream = client.completions.create(model=MODEL, prompt=PROMPTS[2], max_tokens=100, temperature=0, stream=True)
+        next(iter(stream))
+        stream.close()  # the client goes away with most of its tokens still to come
+    alone = [greedy(client, p, 8) for p in PROMPTS[:4]]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(greedy, [client] * 4, PROMPTS[:4], [8] * 4)) == alone
+    assert server.alive()
+
+
+def test_an_oversize_body_is_refused_and_the_server_keeps_serving(server, client):
+    body = json.dumps({"model": MODEL, "prompt": "x" * (2 * MAX_REQUEST_BYTES), "max_tokens": 1}).encode()
+    status, _ = post(f"{server.url}/v1/completions", body)
+    assert status == 413
     assert greedy(client, PROMPTS[4], 3)

@@ -68,6 +68,8 @@ class GPT2PagedLMHeadModel(GPT2LMHeadModel):
     def __init__(self, config: GPT2Config, kv_params: KVCacheParams) -> None:
         super().__init__(config)
         self.kv_params = kv_params
+        # The same blocks under the same names (transformer.h.N), with paged attention; the
+        # ones GPT2Model made are only described (built lazily), so replacing them costs nothing.
         self.transformer.h = ModuleList(GPT2PagedBlock(config, i, kv_params) for i in range(config.n_layer))
 
     def forward(self, tokens: Tensor, return_n_logits: Tensor, row_offsets: Tensor, *kv_inputs: Tensor) -> ModuleV3Outputs:
@@ -90,7 +92,7 @@ def positions(row_offsets: Tensor, cached: Tensor, n) -> Tensor:
 
     row_offsets (B + 1) uint32, cached (B) uint32 -> (N) int64.
     """
-    index = F.cast(Tensor.arange(n, dtype=DType.int64, device=row_offsets.device), DType.int64)  # (N)
+    index = Tensor.arange(n, dtype=DType.int64, device=row_offsets.device)  # (N)
     starts = F.cast(row_offsets, DType.int64)
     # A token's request: how many requests end at or before it.
     ends = F.unsqueeze(starts[1:], 0)  # (1, B)
