@@ -170,6 +170,22 @@ def test_a_stop_string_ends_the_completion_but_max_serve_leaves_it_in_the_text(c
         assert text[: text.index(stop)] == whole[: whole.index(stop)]
 
 
+def test_a_list_of_prompts_gets_one_choice_each_in_order(client):
+    response = client.completions.create(model=MODEL, prompt=PROMPTS[:3], max_tokens=6, temperature=0)
+    assert [c.index for c in response.choices] == [0, 1, 2]
+    assert [c.text for c in response.choices] == [greedy(client, p, 6) for p in PROMPTS[:3]]
+
+
+def test_max_serve_ignores_logprobs_echo_and_n(client):
+    """What MAX Serve 26.7 does not do, silently (README: Serve): no log probabilities, no echo
+    of the prompt, one choice whatever `n` asks."""
+    plain = greedy(client, PROMPTS[0], 5)
+    response = client.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=5, temperature=0, logprobs=2,
+                                         echo=True, n=2)
+    assert [c.text for c in response.choices] == [plain]
+    assert not response.choices[0].logprobs.token_logprobs
+
+
 def test_a_seed_reproduces_a_sample_and_another_seed_changes_it(client):
     def sample(seed):
         return client.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=16, temperature=1.0, top_p=0.95,
