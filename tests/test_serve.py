@@ -284,3 +284,19 @@ def test_an_oversize_body_is_refused_and_the_server_keeps_serving(server, client
     status, _ = post(f"{server.url}/v1/completions", body)
     assert status == 413
     assert greedy(client, PROMPTS[4], 3)
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_line_before_max_serve_starts(checkpoint, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(checkpoint[0], bad)
+    config = json.loads((bad / "config.json").read_text())
+    # A folder MAX Serve would take as it is (it names the architecture), with one layer too many.
+    (bad / "config.json").write_text(json.dumps({**config, "n_layer": ODD.n_layer + 1,
+                                                 "architectures": ["GPT2LMHeadModel"]}))
+    result = subprocess.run([sys.executable, "-m", "max_gpt2.cli", "serve", "--model", str(bad), "--port",
+                             str(free_port())], capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("max-gpt2: error: ")
+    assert "missing transformer.h.3." in result.stderr and "MAX Serve" not in result.stderr

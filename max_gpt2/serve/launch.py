@@ -75,10 +75,13 @@ def require_serve_extra() -> None:
 def servable_folder(source: str, say) -> Path:
     """A folder MAX Serve can load with our architecture: the checkpoint's own when it is one,
     else the checkpoint converted into one (kept in our cache, found again next time)."""
-    from max_gpt2.weights import resolve
+    from max_gpt2.engine import expected_shapes
+    from max_gpt2.weights import adapt, check, resolve
 
     say(f"reading {source}")
     found = resolve(source)
+    # Checked here, where a mistake is one line, rather than in MAX Serve's worker, where it is a traceback.
+    check(adapt(found.tensors, found.config), expected_shapes(found.config), found.config, found.source)
     folder = found.path if found.path is not None and found.path.is_dir() else found.folder
     if found.format == "huggingface" and folder is not None and _servable(folder):
         return folder
