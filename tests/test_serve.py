@@ -233,6 +233,26 @@ def test_32_streaming_clients_each_get_their_single_request_greedy_result(client
     assert [text for _, text in results] == [alone[w] for w, _ in results]
 
 
+def test_memory_after_1000_requests_is_within_50_mb_of_memory_after_100(server, client):
+    """A leak per request (a cache page, a context, a tokenizer buffer not given back) shows
+    as memory that grows with the request count; the first 100 requests warm everything up."""
+    psutil = pytest.importorskip("psutil")
+
+    def rss() -> int:
+        launcher = psutil.Process(server.process.pid)
+        return sum(p.memory_info().rss for p in [launcher, *launcher.children(recursive=True)])
+
+    def requests(count: int) -> None:
+        work = [(PROMPTS[i % len(PROMPTS)], 1 + i % 8) for i in range(count)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert all(pool.map(lambda w: greedy(client, *w) is not None, work, timeout=900))
+
+    requests(100)
+    after_100 = rss()
+    requests(900)
+    assert rss() - after_100 < 50 * 2**20, f"{(rss() - after_100) / 2**20:.1f} MB more after 900 more requests"
+
+
 # --- faults -----------------------------------------------------------------------------------
 
 
