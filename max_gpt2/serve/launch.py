@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="the Prometheus /metrics port (default: the API's port + 1)")
     p.add_argument("--max-batch-size", type=int, metavar="N",
-                   help="most requests decoded together (default: MAX Serve's, sized to memory)")
+                   help="most requests decoded together (default: chosen by MAX Serve)")
     p.add_argument("--verbose", action="store_true", help="show MAX Serve's whole log while it starts")
     p.add_argument("max_serve_args", nargs=argparse.REMAINDER, metavar="-- MAX_SERVE_OPTION",
                    help="options after `--` go to `max serve` as they are (see `max serve --help`)")
@@ -121,15 +121,17 @@ def max_serve_command(model: Path, args) -> list[str]:
     # "folder:module" puts our package's folder on MAX's import path, which its spawned model
     # worker inherits; a module name alone is not found there from an editable install.
     package_root = Path(__file__).resolve().parents[2]
-    # Clients name the model as the user did (`gpt2`), not by the folder it was converted into.
+    extra = list(args.max_serve_args or [])
+    extra = extra[1:] if extra[:1] == ["--"] else extra
     command = [sys.executable, "-m", "max._entrypoints.pipelines", "serve", "--model", str(model),
-               "--served-model-name", args.model,
                "--custom-architectures", f"{package_root}:max_gpt2.serve", "--devices", "cpu",
                "--host", args.host, "--port", str(args.port)]
+    if "--served-model-name" not in extra:
+        # Clients name the model as the user did (`gpt2`), not by the folder it was converted into.
+        command += ["--served-model-name", args.model]
     if args.max_batch_size is not None:
         command += ["--max-batch-size", str(args.max_batch_size)]
-    extra = list(args.max_serve_args or [])
-    return command + (extra[1:] if extra[:1] == ["--"] else extra)
+    return command + extra
 
 
 # MAX Serve's log lines that mark the start of a long step, and what we say for each.
