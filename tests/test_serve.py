@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -320,3 +321,51 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_before_max_serve_starts(chec
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("max-gpt2: error: ")
     assert "missing transformer.h.3." in result.stderr and "MAX Serve" not in result.stderr
+
+
+# --- prefix caching ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def long_context(tmp_path_factory):
+    """ODD with room for a prompt past one cache page (MAX's pages hold 128 tokens), so that a
+    repeated prompt can take its first page from the prefix cache."""
+    import dataclasses
+
+    config = dataclasses.replace(ODD, n_positions=256)
+    path = tmp_path_factory.mktemp("serve-long")
+    reference = make_checkpoint(path, config, "hub", seed=0)
+    s = Server(path, max_batch_size=2)
+    try:
+        s.wait_ready()
+        yield s, path, reference
+    finally:
+        s.stop()
+
+
+def test_a_prefix_cache_hit_continues_exactly_as_without_it(long_context):
+    """GPT-2's positions are learned: the tokens after a cached prefix must be embedded at their
+    true positions, which come from the cache's lengths."""
+    from transformers import AutoTokenizer
+
+    server, path, reference = long_context
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    prompt = " ".join(f"item {i}," for i in range(60))  # about 180 tokens: one full page and more
+    ids = tokenizer(prompt)["input_ids"]
+    assert 128 < len(ids) < 230, len(ids)
+    expected = reference_greedy(reference, ids, 12)
+    if ODD.eos_token_id in expected:
+        expected = expected[: expected.index(ODD.eos_token_id)]
+    texts = [greedy(client, prompt, 12) for _ in range(2)]
+    assert texts == [tokenizer.decode(expected)] * 2
+
+    def hits() -> float:  # MAX Serve's Prometheus counter, updated a moment after it answers
+        with urllib.request.urlopen(server.metrics_url, timeout=30) as response:
+            text = response.read().decode()
+        return sum(float(m.group(1)) for m in re.finditer(r"^maxserve_cache_hits_tokens_total\S* (\S+)$", text, re.M))
+
+    deadline = time.monotonic() + 30
+    while hits() < 128 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert hits() >= 128, "the second request did not take its first page (128 tokens) from the prefix cache"
