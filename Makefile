@@ -7,6 +7,7 @@
 #   make my-gpt2     run your own finished GPT-2 (steps/step_11.py)
 #   make bench       compiled vs eager          (pixi run bench)
 #   make eval        perplexity of GPT-2        (pixi run eval)
+#   make serve       GPT-2 over an OpenAI API   (pixi run serve); its own .venv-serve (see README)
 
 PYTHON ?= python3
 VENV := .venv
@@ -18,7 +19,7 @@ STEPS := s01 s02 s03 s04 s05 s06 s07 s08 s09 s10 s11
 # TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu installs the CPU build instead.
 TORCH_INDEX_URL ?=
 
-.PHONY: setup gpt2 test check-all my-gpt2 bench verify eval $(STEPS)
+.PHONY: setup gpt2 test check-all my-gpt2 bench verify eval serve $(STEPS)
 
 setup: $(STAMP)
 
@@ -55,3 +56,17 @@ verify: $(STAMP)
 
 eval: $(STAMP)
 	$(VENV)/bin/max-gpt2 eval --model $(MODEL)
+# MAX Serve pins transformers, so `serve` gets an environment of its own (the tests in it:
+# .venv-serve/bin/python -m pytest tests/test_serve.py).
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
+
+$(SERVE_STAMP): pyproject.toml constraints.txt
+	test -d $(SERVE_VENV) || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch
+	$(SERVE_VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[serve,test]"
+	touch $(SERVE_STAMP)
+
+serve: $(SERVE_STAMP)
+	$(SERVE_VENV)/bin/max-gpt2 serve --model $(MODEL)

@@ -1,5 +1,6 @@
 """`max-gpt2`: chat with GPT-2 (the default), generate once, verify against transformers, benchmark,
-measure perplexity; inspect a checkpoint's mapping, convert one to a Hugging Face folder.
+measure perplexity; inspect a checkpoint's mapping, convert one to a Hugging Face folder; serve it
+over an OpenAI-compatible HTTP API (MAX Serve).
 
 Errors caused by input (a path, a checkpoint, an option) print one line and exit 1; no traceback.
 """
@@ -15,7 +16,7 @@ import warnings
 from max_gpt2.errors import AssumedConfigWarning, GPT2Error
 from max_gpt2.progress import Status
 
-COMMANDS = ("chat", "generate", "verify", "inspect", "convert", "bench", "eval")
+COMMANDS = ("chat", "generate", "verify", "inspect", "convert", "bench", "eval", "serve")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +117,13 @@ def parser() -> argparse.ArgumentParser:
                          "KL(float32 || this model) and how often both rank the same token first")
     ev.add_argument("--json", action="store_true", help="print the results as JSON, for scripts")
     ev.set_defaults(run=_run_eval)
+
+    from max_gpt2.serve import launch  # its options only: MAX Serve loads when the command runs
+
+    srv = sub.add_parser("serve", help="serve GPT-2 over an OpenAI-compatible HTTP API (MAX Serve)",
+                         description=launch.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    launch.add_arguments(srv)
+    srv.set_defaults(run=launch.run)
     return p
 
 

@@ -40,3 +40,7 @@ class KernelBuildError(GPT2Error):
 
 class AssumedConfigWarning(UserWarning):
     """A config value guessed, not read (a head count from GPT-2's head size of 64): the model may be wrong."""
+
+
+class ServeError(GPT2Error):
+    """`max-gpt2 serve` cannot start MAX Serve: the `serve` extra missing, or the server failing to start."""

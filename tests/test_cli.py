@@ -199,3 +199,17 @@ def test_a_checkpoint_without_a_tokenizer_for_text(hub, tmp_path):
     ok = run("generate", "--model", str(tmp_path), "--tokenizer", str(hub.path), "--prompt", "hi", "--greedy",
              "--max-new-tokens", "5")
     assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("pydantic_settings") is not None,
+                    reason="MAX Serve is installed here: `serve` would start it (tests/test_serve.py does)")
+def test_serve_without_the_serve_extra_is_one_line_naming_it():
+    assert_one_clear_error(run("serve", "--model", "/nonexistent"), "pip install 'max-gpt2[serve]'")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--port", "70000"], "--port 70000 is not a port"),
+    (["--max-batch-size", "0"], "--max-batch-size 0 must be at least 1"),
+])
+def test_a_bad_serve_option_is_one_line_before_anything_starts(args, fragment):
+    assert_one_clear_error(run("serve", "--model", "/nonexistent", *args), fragment)

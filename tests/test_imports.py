@@ -18,7 +18,7 @@ from max_gpt2 import cli
 
 cli.parser()
 helps = {}
-for argv in (["--help"], ["bench", "--help"]):
+for argv in (["--help"], ["bench", "--help"], ["serve", "--help"]):
     with contextlib.redirect_stdout(io.StringIO()) as out:
         try:
             cli.main(argv)
@@ -50,6 +50,9 @@ def test_import_and_help_import_no_max_torch_or_numpy():
     bench_help = start["helps"]["bench --help"]
     for text in ("--engines", "--quick", "--plot", "max-compiled-kv", "torch-compile", "roofline"):
         assert text in bench_help, text
+    # `serve`'s parser comes from its launcher alone: MAX Serve's architecture loads in the server.
+    assert {m for m in loaded if m.startswith("max_gpt2.serve")} <= {"max_gpt2.serve", "max_gpt2.serve.launch"}
+    assert "--max-batch-size" in start["helps"]["serve --help"]
 
 
 @pytest.mark.parametrize("name", max_gpt2.__all__)
