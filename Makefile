@@ -11,6 +11,8 @@
 
 PYTHON ?= python3
 VENV := .venv
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MODEL ?= gpt2
@@ -36,8 +38,11 @@ $(STAMP): pyproject.toml constraints.txt
 gpt2: $(STAMP)
 	$(VENV)/bin/max-gpt2 chat --model $(MODEL)
 
-test: $(STAMP)
+# The suite in .venv, then the serve tests in .venv-serve (MAX Serve's own environment: in .venv
+# they are skipped).
+test: $(STAMP) $(SERVE_STAMP)
 	$(PY) -m pytest
+	$(SERVE_VENV)/bin/python -m pytest tests/test_serve.py
 
 $(STEPS): $(STAMP)
 	$(PY) -m checks $(@:s%=%)
@@ -56,10 +61,9 @@ verify: $(STAMP)
 
 eval: $(STAMP)
 	$(VENV)/bin/max-gpt2 eval --model $(MODEL)
+
 # MAX Serve pins transformers, so `serve` gets an environment of its own (the tests in it:
 # .venv-serve/bin/python -m pytest tests/test_serve.py).
-SERVE_VENV := .venv-serve
-SERVE_STAMP := $(SERVE_VENV)/.installed
 
 $(SERVE_STAMP): pyproject.toml constraints.txt
 	test -d $(SERVE_VENV) || $(PYTHON) -m venv $(SERVE_VENV)
