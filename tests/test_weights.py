@@ -362,3 +362,16 @@ def test_a_tensor_stored_at_a_misaligned_offset_is_read_aligned(tmp_path):
     assert read["w"].flags.aligned
     np.testing.assert_array_equal(read["w"], w)
     np.testing.assert_array_equal(read["mask"], [1, 2, 3])
+
+
+@pytest.mark.parametrize("shape", [(1000, 1100), (1031, 1537), (64 * 17 + 1, 1025), (3, 400_000)])
+def test_a_large_transposed_weight_is_copied_exactly_on_every_core(shape):
+    """Big transposes are copied by several threads in blocks of rows (mapping.contiguous): every
+    element lands once, in place, whatever the rows left over by the blocks and the cores."""
+    from max_gpt2.checkpoints.mapping import PARALLEL_COPY, contiguous
+
+    stored = np.random.default_rng(0).standard_normal(shape[::-1], dtype=np.float32)  # [in, out]
+    assert stored.size >= PARALLEL_COPY  # the threaded path, not numpy's own copy
+    ours = contiguous(stored.T)
+    assert ours.flags.c_contiguous and ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, stored.T)

@@ -16,8 +16,10 @@ The facts every format is measured against live here, once:
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,12 +98,36 @@ def apply(plan: list[Move], tensors: Mapping[str, np.ndarray], what: str,
         except ValueError as e:  # numpy's words for a shape that cannot be split, squeezed or joined
             shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(move.stored, arrays))
             raise CheckpointError(f"this {what} does not fit GPT-2: {move.ours} cannot be made from {shapes} ({e})") from None
-        state[move.ours] = np.ascontiguousarray(value, dtype=np.float32)
+        state[move.ours] = contiguous(value)
         if copied is not None:
             for array in arrays:
                 if not np.may_share_memory(array, state[move.ours]):
                     copied(array)
     return state
+
+
+# A transposed matrix this large is copied on every core: numpy copies on one, and the
+# transposes are most of a large checkpoint's load time (docs/benchmarks.md, "Memory").
+PARALLEL_COPY = 1 << 20  # elements
+BLOCK = 64  # rows of the copy per step: the strip of the source it reads stays in cache
+
+
+def contiguous(value: np.ndarray) -> np.ndarray:
+    """`value` as a C-contiguous float32 array: itself if it is one already, else a copy."""
+    if value.ndim != 2 or value.flags.c_contiguous or value.dtype != np.float32 or value.size < PARALLEL_COPY:
+        return np.ascontiguousarray(value, dtype=np.float32)
+    out = np.empty(value.shape, np.float32)
+    rows = value.shape[0]
+    workers = os.cpu_count() or 1
+    step = -(-rows // workers // BLOCK) * BLOCK  # each worker's share, whole blocks
+
+    def copy(begin: int) -> None:
+        for i in range(begin, min(begin + step, rows), BLOCK):
+            out[i:i + BLOCK] = value[i:i + BLOCK]  # numpy releases the GIL for the copy
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(copy, range(0, rows, step)))
+    return out
 
 
 def names(found: list[str], most: int = 6) -> str:
