@@ -29,6 +29,10 @@ class GenerationError(GPT2Error):
     """Input to the model that it cannot run: token ids, prompt lengths, the context limit."""
 
 
+class PrecisionError(GPT2Error):
+    """A weight precision (dtype, quantize) this implementation cannot run, or a command that needs float32."""
+
+
 class KernelBuildError(GPT2Error):
     """Our Mojo kernels did not build; the message carries the compiler's output."""
 
