@@ -236,7 +236,7 @@ class GPT2LMHeadModel(Module):
 
     def head(self, x: Tensor) -> Tensor:
         if self.config.tie_word_embeddings:
-            return x @ self.transformer.wte.weight.T
+            return times_transposed(x, self.transformer.wte)  # x @ wte.weight.T
         return self.lm_head(x)
 
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -244,6 +244,16 @@ class GPT2LMHeadModel(Module):
 
 
 # ANCHOR_END: language_model_head
+
+
+def times_transposed(x: Tensor, module: Module) -> Tensor:
+    """x @ module.weight.T. A weight held narrower than x (max_gpt2/narrow.py) is widened to x's
+    dtype first, and an int8 one's row sums are multiplied by its `weight_scale`."""
+    weight = module.weight
+    if weight.dtype != x.dtype:
+        weight = weight.cast(x.dtype)
+    y = x @ weight.T
+    return y * module.weight_scale if hasattr(module, "weight_scale") else y
 
 
 class GPT2Prefill(GPT2LMHeadModel):

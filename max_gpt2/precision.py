@@ -77,7 +77,7 @@ def quantize_rows(w):
     A row of zeros gets scale 0 (and q 0), not a division by zero."""
     import numpy as np
 
-    w = np.asarray(w, dtype=np.float32)
+    w = np.ascontiguousarray(w, dtype=np.float32)  # a transposed view would make q column-major
     scale = np.abs(w).max(axis=1) / np.float32(127)
     safe = np.where(scale > 0, scale, np.float32(1))
     q = np.clip(np.rint(w / safe[:, None]), -127, 127).astype(np.int8)
