@@ -10,13 +10,13 @@ choice itself and the arrays (light: the command line reads its choices).
 
 What is narrowed:
 - bfloat16: every matrix (the four projections of each block, wte, which is also the tied head,
-  wpe, an untied lm_head), rounded to nearest: a relative error of at most 2^-9 per weight.
+  wpe, an untied lm_head), rounded to nearest: a relative error of at most 2^-8 per weight (8 significant bits).
 - int8: the four projections and the head, symmetric per output row: scale = max|row| / 127,
   q = round(w / scale), so each weight is off by at most scale / 2. wte is one int8 table for
   both of its uses: as the tied head its rows are the output rows, and a token's embedding is
-  that row times its scale, exact to the same half step. A second wte for lookups alone (bfloat16)
-  would keep twice the bytes int8 saves on the head. wpe stays float32: it is added to every
-  position and is a small part of the weights.
+  that row times its scale, off by the same half step at most. A second wte for lookups alone
+  (bfloat16) would add twice the int8 table's bytes, the largest matrix of a small GPT-2. wpe
+  stays float32: it is added to every position and is a small part of the weights.
 """
 
 from __future__ import annotations
