@@ -247,13 +247,12 @@ class GPT2LMHeadModel(Module):
 
 
 def times_transposed(x: Tensor, module: Module) -> Tensor:
-    """x @ module.weight.T. A weight held narrower than x (max_gpt2/narrow.py) is widened to x's
-    dtype first, and an int8 one's row sums are multiplied by its `weight_scale`."""
-    weight = module.weight
-    if weight.dtype != x.dtype:
-        weight = weight.cast(x.dtype)
-    y = x @ weight.T
-    return y * module.weight_scale if hasattr(module, "weight_scale") else y
+    """x @ module.weight.T; a weight held narrower than x goes to max_gpt2/narrow.py."""
+    if module.weight.dtype == x.dtype:
+        return x @ module.weight.T
+    from max_gpt2.narrow import narrow_product  # it builds on this module
+
+    return narrow_product(x, module)
 
 
 class GPT2Prefill(GPT2LMHeadModel):

@@ -10,7 +10,6 @@ from max.dtype import DType
 from max.experimental.nn import Embedding, Linear, Module
 from max.experimental.tensor import Tensor
 
-from max_gpt2.model import times_transposed
 from max_gpt2.precision import Precision
 
 
@@ -44,7 +43,7 @@ class NarrowLinear(Module):
         self.bias = linear.bias
 
     def forward(self, x: Tensor) -> Tensor:
-        return times_transposed(x, self) + self.bias
+        return narrow_product(x, self, self.bias)
 
 
 class NarrowEmbedding(Module):
@@ -58,3 +57,21 @@ class NarrowEmbedding(Module):
         if not hasattr(self, "weight_scale"):
             return rows
         return rows * F.unsqueeze(F.gather(self.weight_scale, indices, axis=0), -1)
+
+
+def narrow_product(x: Tensor, module: Module, bias=0) -> Tensor:
+    """x @ module.weight.T + bias for a narrow weight (an int8 row's sum times its scale).
+
+    On a CPU by our kernels (max_gpt2/decode.py), which read the narrow rows as they are, for
+    any number of rows. Widened in the graph instead (a cast, then MAX's matmul), the weights
+    are cast once by MAX as the graph loads, and the float32 copies stay beside the narrow ones:
+    the memory narrowing is meant to save. An accelerator, which our kernels are not written
+    for, gets the cast.
+    """
+    scale = getattr(module, "weight_scale", None)
+    if x.device.is_host:
+        from max_gpt2.decode import matvec  # on use: decode.py imports model.py, which imports this
+
+        return matvec(x, module.weight, bias if isinstance(bias, Tensor) else None, scale=scale)
+    y = x @ module.weight.cast(x.dtype).T
+    return (y if scale is None else y * scale) + bias

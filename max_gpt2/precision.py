@@ -1,12 +1,12 @@
 """Weights held narrower than float32: bfloat16, or int8 with one float32 scale per output row.
 
 Only the weights are narrow. Activations, sums, biases and layer norms stay float32, and a narrow
-weight is widened where it is used: by our decode kernels in registers as it streams
-(kernels/matvec.mojo), in the prefill and logits graphs by a cast to float32 before MAX's
-matmul. A decode step is bound by the bytes of weight it reads, which is what narrowing saves;
-the cast keeps prefill's arithmetic exactly float32's, at the cost of widening each weight once
-per call. The modules that hold narrow weights are in max_gpt2/narrow.py; this module is the
-choice itself and the arrays (light: the command line reads its choices).
+weight is widened where it is used, in registers, by our kernels (kernels/matvec.mojo) as they
+stream it: in every graph on a CPU, prefill and logits as well as decode (see
+narrow.narrow_product for why not a cast before MAX's matmul). A decode step is bound by the
+bytes of weight it reads, which is what narrowing saves. The modules that hold narrow weights
+are in max_gpt2/narrow.py; this module is the choice itself and the arrays (light: the command
+line reads its choices).
 
 What is narrowed:
 - bfloat16: every matrix (the four projections of each block, wte, which is also the tied head,
