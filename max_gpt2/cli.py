@@ -138,6 +138,17 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", metavar="PATH", help="a folder with tokenizer.json or vocab.json + merges.txt "
                                                        "(default: the checkpoint's own)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run (default: cpu)")
+    _precision_options(p)
+
+
+def _precision_options(p: argparse.ArgumentParser) -> None:
+    from max_gpt2.precision import DTYPES, QUANTIZATIONS
+
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="hold the weights in this dtype; activations stay float32 (default: float32, "
+                        "exactly as transformers computes)")
+    p.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
+                   help="hold the projections and the head in int8, a float32 scale per output row")
 
 
 def _config_option(p: argparse.ArgumentParser) -> None:
@@ -198,15 +209,23 @@ def sampling_from(args):
                     top_p=args.top_p, seed=args.seed)
 
 
+def precision_from(args):
+    """--dtype and --quantize as a Precision; a combination that cannot run raises here, before loading."""
+    from max_gpt2.precision import Precision
+
+    return Precision(args.dtype, args.quantize)
+
+
 def load(args):
     """The model named by --model, with progress on stderr while it downloads and compiles."""
     from max_gpt2.engine import GPT2
 
+    precision_from(args)
     status = Status()
     status(f"loading {args.model}")
     with assumptions_said(status):
         model = GPT2.from_pretrained(args.model, config=args.config, tokenizer=args.tokenizer, device=args.device,
-                                     progress=status)
+                                     dtype=args.dtype, quantize=args.quantize, progress=status)
     status(f"loaded {model.describe()}")
     return model
 
@@ -233,8 +252,9 @@ def _run_generate(args) -> int:
 
 
 def _run_verify(args) -> int:
-    from max_gpt2.verify import verify
+    from max_gpt2.verify import require_float32, verify
 
+    require_float32(precision_from(args))  # before loading: it could only fail
     return verify(load(args))
 
 

@@ -16,6 +16,7 @@ V vocabulary.
 from __future__ import annotations
 
 import max.experimental.functional as F
+from max.dtype import DType
 from max.experimental.nn import Linear
 from max.experimental.tensor import Tensor, TensorType
 from max.graph import Dim
@@ -30,11 +31,14 @@ def matvec(
     weight: Tensor,
     bias: Tensor | None = None,
     *,
+    scale: Tensor | None = None,
     norm: LayerNorm | None = None,
     gelu: bool = False,
     residual: Tensor | None = None,
 ) -> Tensor:
     """x @ weight.T + bias by our kernels, for few rows: (..., K) with weight [N, K] -> (..., N).
+    The weight is float32 or bfloat16, or int8 with `scale` [N], each row's scale (see
+    max_gpt2/precision.py); x and the result are float32.
 
     In the same launch, one of: `norm` (a LayerNorm) applied to x first, then GELU (tanh form)
     after if `gelu`; or `residual` added to the result. The kernels have no other combination,
@@ -50,14 +54,19 @@ def matvec(
     if bias is None:
         bias = F.broadcast_to(Tensor(0.0, dtype=x.dtype, device=x.device), [n])
     out_type = TensorType(x.dtype, [rows.shape[0], n], device=x.device)
+    if (scale is not None) != (weight.dtype == DType.int8):
+        raise ValueError("matvec: an int8 weight needs scale=, and only an int8 weight takes one")
+    # The int8 kernels take the scales right after the weight, and are named for them.
+    product, suffix = ([weight, scale], "_scaled") if scale is not None else ([weight], "")
     if norm is not None:
-        name, inputs = "gpt2_norm_matvec", [rows, norm.weight, norm.bias, weight, bias]
+        name, inputs = "gpt2_norm_matvec", [rows, norm.weight, norm.bias, *product, bias]
         parameters = {"gelu": gelu, "epsilon": float(norm.eps)}
     elif residual is not None:
-        name, inputs, parameters = "gpt2_matvec_add", [rows, weight, bias, residual.reshape([-1, n])], None
+        name, inputs, parameters = "gpt2_matvec_add", [rows, *product, bias, residual.reshape([-1, n])], None
     else:
-        name, inputs, parameters = "gpt2_matvec", [rows, weight, bias], None
-    out = F.custom(name, x.device, inputs, [out_type], parameters=parameters, custom_extensions=kernel_library())[0]
+        name, inputs, parameters = "gpt2_matvec", [rows, *product, bias], None
+    out = F.custom(name + suffix, x.device, inputs, [out_type], parameters=parameters,
+                   custom_extensions=kernel_library())[0]
     return out.reshape([*lead, n])
 
 
@@ -122,12 +131,17 @@ class GPT2Decode(GPT2Prefill):
             y = activation(y, act) if act else y
             return y + residual if residual is not None else y
         gelu = norm is not None and act in TANH_GELU
-        y = matvec(x, linear.weight, linear.bias, norm=norm, gelu=gelu, residual=residual)
+        y = matvec(x, linear.weight, linear.bias, scale=row_scales(linear), norm=norm, gelu=gelu, residual=residual)
         return activation(y, act) if act and not gelu else y
 
     def final_logits(self, x: Tensor) -> Tensor:
         """ln_f, then the LM head: one launch on a CPU."""
         if not self.kernels:
             return self.head(self.transformer.ln_f(x))
-        table = self.transformer.wte.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return matvec(x, table, norm=self.transformer.ln_f)
+        table = self.transformer.wte if self.config.tie_word_embeddings else self.lm_head
+        return matvec(x, table.weight, scale=row_scales(table), norm=self.transformer.ln_f)
+
+
+def row_scales(module) -> Tensor | None:
+    """An int8 weight's scales, one per row (max_gpt2/narrow.py); None for any other weight."""
+    return getattr(module, "weight_scale", None)

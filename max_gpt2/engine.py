@@ -20,7 +20,8 @@ import numpy as np
 from max_gpt2 import weights as ckpt
 from max_gpt2.cache import CachePool, KVCache, prompt_inputs
 from max_gpt2.config import GPT2Config
-from max_gpt2.errors import GenerationError, GPT2Error, TokenizerError
+from max_gpt2.errors import GenerationError, GPT2Error, PrecisionError, TokenizerError
+from max_gpt2.precision import Precision, convert, for_max, is_scale
 from max_gpt2.progress import Waiting
 from max_gpt2.sampling import Sampling, check_max_new_tokens
 from max_gpt2.text import TextAPI
@@ -38,22 +39,23 @@ class GPT2(TextAPI):
         tokenizer: GPT2Tokenizer | None = None,
         device: str = "cpu",
         dtype: str = "float32",
+        quantize: str | None = None,
         decode_kernels: bool | None = None,
         source: str = "",
         path=None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
-        """`decode_kernels`: run decode steps with our Mojo kernels (default: on a CPU, where they
-        are faster; an accelerator runs MAX's ops)."""
+        """`dtype` and `quantize`: how the weights are held (max_gpt2/precision.py); a float32
+        `state` is converted. `decode_kernels`: run decode steps with our Mojo kernels (default:
+        on a CPU, where they are faster; an accelerator runs MAX's ops)."""
         self.config = config
         self.path = path  # the checkpoint's local folder or file, None for an in-memory one
-        self.state = state
+        self.precision = Precision(dtype, quantize)
+        self.state = narrow_state(state, config, self.precision)
         self.tokenizer = tokenizer
         self.source = source
         self.progress = progress
         self.device = _device(device)
-        if dtype != "float32":
-            raise GPT2Error(f"dtype {dtype!r} is not supported yet; use float32")
         on_cpu = self.device.is_host
         self.decode_kernels = on_cpu if decode_kernels is None else bool(decode_kernels)
         # A finished generation's cache memory, lent to the next (on a CPU, where the graph reads
@@ -71,6 +73,7 @@ class GPT2(TextAPI):
         tokenizer: str | GPT2Tokenizer | None = None,
         device: str = "cpu",
         dtype: str = "float32",
+        quantize: str | None = None,
         decode_kernels: bool | None = None,
         revision: str | None = None,
         progress: Callable[[str], None] | None = None,
@@ -83,10 +86,17 @@ class GPT2(TextAPI):
 
         The tokenizer comes from the checkpoint's folder when it has one; `tokenizer=` names
         another folder (or passes a GPT2Tokenizer).
+
+        `dtype="bfloat16"` holds the weights in bfloat16, `quantize="int8"` the projections and
+        the head in int8 with a float32 scale per output row (max_gpt2/precision.py); either is
+        converted as the checkpoint loads (a bfloat16 file is read as stored), and activations
+        and sums stay float32. The default, float32, computes exactly what transformers does.
         """
+        precision = Precision(dtype, quantize)  # a bad choice is refused before anything loads
         found = ckpt.resolve(source, config, revision)
-        state = ckpt.adapt(found.tensors, found.config, found.format)
-        ckpt.check(state, expected_shapes(found.config), found.config, found.source)
+        dtypes = {k: d for k, d in parameter_dtypes(found.config, precision).items() if d != "float32"}
+        state = ckpt.adapt(found.tensors, found.config, found.format, dtypes=dtypes)
+        ckpt.check(state, expected_shapes(found.config, precision), found.config, found.source)
         if isinstance(tokenizer, str) or hasattr(tokenizer, "__fspath__"):
             tokenizer = GPT2Tokenizer.from_folder(tokenizer)
         elif tokenizer is None and found.folder is not None:
@@ -94,17 +104,19 @@ class GPT2(TextAPI):
                 tokenizer = GPT2Tokenizer.from_folder(found.folder)
             except TokenizerError:
                 tokenizer = None  # logits need none; text generation says so when asked
-        return cls(found.config, state, tokenizer=tokenizer, device=device, dtype=dtype,
+        return cls(found.config, state, tokenizer=tokenizer, device=device, dtype=dtype, quantize=quantize,
                    decode_kernels=decode_kernels, source=found.source, path=found.path, progress=progress)
 
     @property
     def num_parameters(self) -> int:
-        """Distinct parameters; a tied head shares wte's and is counted once, as transformers does."""
-        return sum(int(np.prod(a.shape)) for a in self.state.values())
+        """Distinct parameters (an int8 weight's scales are not counted); a tied head shares wte's and
+        is counted once, as transformers does."""
+        return sum(int(np.prod(a.shape)) for name, a in self.state.items() if not is_scale(name))
 
     def describe(self) -> str:
         c = self.config
-        return f"{self.num_parameters / 1e6:.0f}M GPT-2 ({c.n_layer} layers, {c.n_embd} wide, {c.n_head} heads)"
+        text = f"{self.num_parameters / 1e6:.0f}M GPT-2 ({c.n_layer} layers, {c.n_embd} wide, {c.n_head} heads)"
+        return text if self.precision.exact else f"{text}, {self.precision}"
 
     # --- compiled graphs ----------------------------------------------------------------------
 
@@ -134,20 +146,25 @@ class GPT2(TextAPI):
         if self.progress:
             self.progress(Waiting(f"compiling the {name} graph (minutes the first time for a model size, seconds after)"))
         start = time.perf_counter()
+        weights, precision = self._weights(), self.precision
         if name == "logits":
             compiled = compile_module(GPT2LMHeadModel, self.config, [self._type(np.int64, "batch", "seqlen")],
-                                      self.state, device=self.device)
+                                      weights, device=self.device, precision=precision)
         elif name == "prefill":
-            compiled = compile_module(GPT2Prefill, self.config, self._step_types("seqlen"), self.state,
-                                      device=self.device)
+            compiled = compile_module(GPT2Prefill, self.config, self._step_types("seqlen"), weights,
+                                      device=self.device, precision=precision)
         elif name == "decode":
-            compiled = compile_module(GPT2Decode, self.config, self._step_types(1), self.state,
-                                      device=self.device, kernels=self.decode_kernels)
+            compiled = compile_module(GPT2Decode, self.config, self._step_types(1), weights,
+                                      device=self.device, precision=precision, kernels=self.decode_kernels)
         else:
             raise ValueError(f"no graph named {name!r}; graphs are {', '.join(GRAPHS)}")
         if self.progress:
             self.progress(f"compiled the {name} graph in {time.perf_counter() - start:.1f}s")
         return compiled
+
+    def _weights(self) -> dict:
+        """The state as MAX takes it (bfloat16 arrays as views of MAX's dtype); the same memory."""
+        return {name: for_max(array) for name, array in self.state.items()}
 
     def _type(self, dtype, *shape):
         from max.dtype import DType
@@ -295,14 +312,39 @@ class Generation:
             self.model.cache_pool.give(self.cache)
 
 
-def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
-    """Every parameter's name and shape, read off the module tree (built lazily: no memory)."""
+def expected_shapes(config: GPT2Config, precision: Precision = Precision()) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, read off the module tree (built lazily: no memory);
+    with int8 weights, their row scales too."""
+    return {name: tuple(int(d) for d in t.shape) for name, t in _parameters(config, precision)}
+
+
+def parameter_dtypes(config: GPT2Config, precision: Precision) -> dict[str, str]:
+    """Every parameter's name and the dtype it is held in ("float32", "bfloat16", "int8")."""
+    return {name: t.dtype.name for name, t in _parameters(config, precision)}
+
+
+def _parameters(config: GPT2Config, precision: Precision):
     from max_gpt2.graphs import building
     from max_gpt2.model import GPT2LMHeadModel
+    from max_gpt2.narrow import narrow
 
     with building():
-        model = GPT2LMHeadModel(config)
-    return {name: tuple(int(d) for d in t.shape) for name, t in model.parameters}
+        return list(narrow(GPT2LMHeadModel(config), precision).parameters)
+
+
+def narrow_state(state: dict[str, np.ndarray], config: GPT2Config, precision: Precision) -> dict[str, np.ndarray]:
+    """`state` with each parameter in the dtype `precision` holds it in. One already so (as
+    `from_pretrained` converts them while loading) is kept as it is, and so are an int8
+    weight's scales."""
+    narrowed = dict(state)
+    for name, dtype in parameter_dtypes(config, precision).items():
+        array = state.get(name)
+        if array is None or is_scale(name) or array.dtype.name == dtype:
+            continue
+        if array.dtype == np.int8:  # its scales would be left behind
+            raise PrecisionError(f"{name} is int8 but {precision} hold it in {dtype}: pass quantize='int8'")
+        narrowed.update(convert(name, array, dtype))
+    return narrowed
 
 
 def _device(name: str):

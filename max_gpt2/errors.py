@@ -34,6 +34,10 @@ class EvaluationError(GPT2Error):
     too few tokens, a stride or window that does not fit."""
 
 
+class PrecisionError(GPT2Error):
+    """A weight precision (dtype, quantize) this implementation cannot run, or a command that needs float32."""
+
+
 class KernelBuildError(GPT2Error):
     """Our Mojo kernels did not build; the message carries the compiler's output."""
 

@@ -45,11 +45,15 @@ def building(device=None):
         yield
 
 
-def compile_module(module_cls, config, input_types, weights, *, device=None, **options):
+def compile_module(module_cls, config, input_types, weights, *, device=None, precision=None, **options):
     """`module_cls(config, **options)` compiled for `input_types` with `weights` bound, through
-    the graph-file store."""
+    the graph-file store; its weights held as `precision` says (max_gpt2/narrow.py), if given."""
+    from max_gpt2.narrow import narrow
+
     with building(device):
         module = module_cls(config, **options)
+        if precision is not None:
+            narrow(module, precision)
     return module.compile(*input_types, weights=weights, session=store())
 
 

@@ -236,7 +236,7 @@ class GPT2LMHeadModel(Module):
 
     def head(self, x: Tensor) -> Tensor:
         if self.config.tie_word_embeddings:
-            return x @ self.transformer.wte.weight.T
+            return times_transposed(x, self.transformer.wte)  # x @ wte.weight.T
         return self.lm_head(x)
 
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -244,6 +244,15 @@ class GPT2LMHeadModel(Module):
 
 
 # ANCHOR_END: language_model_head
+
+
+def times_transposed(x: Tensor, module: Module) -> Tensor:
+    """x @ module.weight.T; a weight held narrower than x goes to max_gpt2/narrow.py."""
+    if module.weight.dtype == x.dtype:
+        return x @ module.weight.T
+    from max_gpt2.narrow import narrow_product  # it builds on this module
+
+    return narrow_product(x, module)
 
 
 class GPT2Prefill(GPT2LMHeadModel):

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from max_gpt2.errors import GPT2Error
+from max_gpt2.errors import GPT2Error, PrecisionError
 
 SENTENCE = (
     "The quick brown fox jumps over the lazy dog. It was a bright cold day in April, "
@@ -27,6 +27,7 @@ GREEDY_TOKENS = 32
 def verify(model, out=None) -> int:
     """Prints a report; returns 0 when MAX and transformers agree, 1 when they do not."""
     out = out or sys.stdout
+    require_float32(model.precision)
     try:
         from max_gpt2 import reference
         from max_gpt2.weights import resolve
@@ -83,6 +84,13 @@ def verify(model, out=None) -> int:
     failed = [name for name, _, ok in rows if ok is False]
     print("FAILED: " + ", ".join(failed) if failed else "OK: MAX and transformers agree", file=out)
     return 1 if failed else 0
+
+
+def require_float32(precision) -> None:
+    """Verify's tolerance is float32's: narrower weights would fail it by design, not by a bug."""
+    if not precision.exact:
+        raise PrecisionError(f"verify proves float32 weights compute exactly what transformers computes; "
+                             f"{precision} differ from it by their rounding: run verify without --dtype/--quantize")
 
 
 def _loss(logits: np.ndarray, ids: np.ndarray) -> float:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from max_gpt2 import precision
 from max_gpt2.checkpoints import formats_we_read, huggingface, llms_from_scratch, nanogpt, openai_tf, tensor_bundle
 from max_gpt2.checkpoints.huggingface import TOKENIZER_FILES, WEIGHT_FILES
 from max_gpt2.checkpoints.mapping import PREFIX, Move, apply, conv1d_weights, names
@@ -254,9 +255,10 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
     return {k: to_numpy(v) for k, v in _detect(_load_torch(path), str(path))[1].items()}
 
 
-# safetensors' dtypes that numpy has; a file with another (bfloat16) is read by torch instead
-NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-                "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+# safetensors' dtypes that numpy reads (bfloat16 by ml_dtypes' dtype); a file with another is
+# read by safetensors itself
+NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "bfloat16", "I64": "<i8", "I32": "<i4",
+                "I16": "<i2", "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -265,11 +267,6 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
     header = _safetensors_header(path)
     dtypes = {v.get("dtype") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
-    if "BF16" in dtypes:  # no numpy dtype for bfloat16; torch reads it
-        from safetensors.torch import load_file as load_torch
-
-        _torch(path)
-        return {k: to_numpy(v) for k, v in load_torch(str(path)).items()}
     try:
         if header and dtypes <= NUMPY_DTYPES.keys():
             with safe_open(str(path), framework="numpy"):  # safetensors checks the header fits the file
@@ -300,7 +297,8 @@ def _map_safetensors(path: Path, header: dict) -> dict[str, np.ndarray]:
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        dtype, shape = np.dtype(NUMPY_DTYPES[entry["dtype"]]), tuple(entry["shape"])
+        code = NUMPY_DTYPES[entry["dtype"]]
+        dtype, shape = precision.bfloat16() if code == "bfloat16" else np.dtype(code), tuple(entry["shape"])
         begin, end = entry["data_offsets"]
         view = np.frombuffer(mapped, dtype, (end - begin) // dtype.itemsize, start + begin).reshape(shape)
         # The format does not promise alignment; a misaligned tensor is copied rather than
@@ -377,8 +375,8 @@ def to_numpy(value) -> np.ndarray:
         import torch
 
         value = value.detach().cpu()
-        if value.dtype == torch.bfloat16:
-            value = value.float()
+        if value.dtype == torch.bfloat16:  # kept as it is: numpy has it by ml_dtypes, not torch's .numpy()
+            return np.ascontiguousarray(value.view(torch.int16).numpy()).view(precision.bfloat16())
         return np.ascontiguousarray(value.numpy())
     return np.ascontiguousarray(np.asarray(value))
 
@@ -409,13 +407,19 @@ def plan(tensors: Mapping[str, np.ndarray], config: GPT2Config, format: str | No
     return FORMATS[format].plan(tensors, config)
 
 
-def adapt(tensors: Mapping[str, np.ndarray], config: GPT2Config, format: str | None = None) -> dict[str, np.ndarray]:
+def adapt(tensors: Mapping[str, np.ndarray], config: GPT2Config, format: str | None = None,
+          dtypes: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
     """Checkpoint tensors -> our parameter names and orientation, float32 and contiguous.
 
+    `dtypes` names the parameters held narrower ("bfloat16", or "int8", which adds each one's
+    row scales; see max_gpt2/precision.py), converted one by one as they are made.
     The format is `tensors.format` when `resolve` made them, else told by their keys."""
     format = format or getattr(tensors, "format", None) or _detect(tensors, "the state dict")[0]
     module = FORMATS[format]
-    return apply(module.plan(tensors, config), tensors, module.NAME, copied=_give_back)
+    convert = None
+    if dtypes:
+        convert = lambda name, value: precision.convert(name, value, dtypes.get(name, "float32"))  # noqa: E731
+    return apply(module.plan(tensors, config), tensors, module.NAME, copied=_give_back, convert=convert)
 
 
 # --- 3. check ---------------------------------------------------------------------------------

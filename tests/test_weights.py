@@ -201,7 +201,7 @@ def test_pickle_that_would_run_code_is_refused_and_not_run(tmp_path):
     assert not marker.exists()
 
 
-def test_a_bfloat16_safetensors_file_loads_as_float32(hub, tmp_path):
+def test_a_bfloat16_safetensors_file_is_read_as_stored_and_loads_as_float32(hub, tmp_path):
     import torch
     from safetensors.torch import save_file as save_torch
 
@@ -210,12 +210,14 @@ def test_a_bfloat16_safetensors_file_loads_as_float32(hub, tmp_path):
     shutil.copy(hub.path / "config.json", tmp_path / "config.json")
     found = resolve(tmp_path)
     want = torch.from_numpy(raw["wte.weight"]).bfloat16().float().numpy()
-    assert found.tensors["wte.weight"].dtype == np.float32
-    np.testing.assert_array_equal(found.tensors["wte.weight"], want)
+    assert found.tensors["wte.weight"].dtype.name == "bfloat16"  # mapped, not widened on reading
+    state = adapt(found.tensors, found.config, found.format)
+    assert state["transformer.wte.weight"].dtype == np.float32
+    np.testing.assert_array_equal(state["transformer.wte.weight"], want)
 
 
-def test_a_type_error_reading_a_float32_file_is_not_taken_for_bfloat16(hub, monkeypatch):
-    """Only a header that names BF16 takes the torch route; any other TypeError is a bug, shown as one."""
+def test_a_type_error_while_reading_is_shown_as_the_bug_it_is(hub, monkeypatch):
+    """A TypeError while reading is a bug, shown as one, not taken for an unreadable file."""
     import safetensors
 
     def broken(path, framework):

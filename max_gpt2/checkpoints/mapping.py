@@ -73,8 +73,13 @@ def transpose(w: np.ndarray) -> np.ndarray:
 
 
 def apply(plan: list[Move], tensors: Mapping[str, np.ndarray], what: str,
-          copied: Callable[[np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
+          copied: Callable[[np.ndarray], None] | None = None,
+          convert: Callable[[str, np.ndarray], dict[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
     """Our state dict from a plan: every stored tensor used or named as left out, float32, contiguous.
+
+    `convert(name, array)`, if given, makes the entries for one parameter instead of float32
+    (max_gpt2/precision.py: bfloat16, or int8 with its scales), as each is made, so that a
+    parameter is never held in float32 beside its narrow form.
 
     A stored tensor that is already all that is kept as ours, not copied; `copied(array)` is
     called with each stored array once ours has been made from it as a new array (so that a
@@ -98,10 +103,11 @@ def apply(plan: list[Move], tensors: Mapping[str, np.ndarray], what: str,
         except ValueError as e:  # numpy's words for a shape that cannot be split, squeezed or joined
             shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(move.stored, arrays))
             raise CheckpointError(f"this {what} does not fit GPT-2: {move.ours} cannot be made from {shapes} ({e})") from None
-        state[move.ours] = contiguous(value)
+        made = convert(move.ours, value) if convert else {move.ours: contiguous(value)}
+        state.update(made)
         if copied is not None:
             for array in arrays:
-                if not np.may_share_memory(array, state[move.ours]):
+                if not any(np.may_share_memory(array, m) for m in made.values()):
                     copied(array)
     return state
 

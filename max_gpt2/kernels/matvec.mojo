@@ -4,13 +4,20 @@
 # per weight, so decoding is bound by how fast the weights stream from memory. MAX's general
 # matmul blocks for compute and reads them well below streaming speed. These kernels stream each
 # weight row once, front to back, and use it for every row of x while it is in L1. Prefill (many
-# rows) keeps MAX's matmul.
+# rows) keeps MAX's matmul for float32 weights; narrow weights (below) take these kernels in every
+# graph (max_gpt2/narrow.py says why).
 #
 # Each kernel launch also has a fixed scheduling cost near what a small projection takes to
 # read, so the pieces around the projections of a block are done in the same launch: the layer
 # norm before c_attn and c_fc, the GELU after c_fc, the residual add after each c_proj;
 # attention is one launch of its own (attention.mojo). Every choice here was measured: the
 # figures, and what was tried and not kept, are in docs/benchmarks.md.
+#
+# The weights may be held narrower than the float32 arithmetic: bfloat16, or int8 with one
+# float32 scale per row of w (per output). Each vector of w is widened to float32 in registers
+# as it is loaded, so the sums are float32 as before, and a narrower w is fewer bytes to stream,
+# which is the whole cost of a decode step. An int8 row's sum is multiplied by its scale once,
+# at the end, before the bias.
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
@@ -29,19 +36,20 @@ comptime FETCH = PrefetchOptions().for_read().medium_locality().to_data_cache() 
 
 @extensibility.register("gpt2_matvec")
 struct MatVec:
-    """Computes out[m, n] = sum_k x[m, k] * w[n, k] + b[n]; w is [N, K] as MAX's Linear keeps it.
+    """Computes out[m, n] = sum_k x[m, k] * w[n, k] + b[n]; w is [N, K] as MAX's Linear keeps it,
+    in float32 or bfloat16.
     """
 
     @staticmethod
-    def execute[target: StaticString](
+    def execute[target: StaticString, wdt: DType](
         output: OutputTensor[dtype=F32, rank=2, ...],
         x: InputTensor[dtype=F32, rank=2, ...],
-        w: InputTensor[dtype=F32, rank=2, ...],
+        w: InputTensor[dtype=wdt, rank=2, ...],
         b: InputTensor[dtype=F32, rank=1, ...],
         ctx: DeviceContext,
     ) raises:
-        matvec[False](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), output.unsafe_ptr(),
-                      x.dim_size(0), x.dim_size(1), w.dim_size(0))
+        matvec[False, False](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), b.unsafe_ptr(),
+                             output.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0))
 
 
 @extensibility.register("gpt2_matvec_add")
@@ -50,16 +58,16 @@ struct MatVecAdd:
     """
 
     @staticmethod
-    def execute[target: StaticString](
+    def execute[target: StaticString, wdt: DType](
         output: OutputTensor[dtype=F32, rank=2, ...],
         x: InputTensor[dtype=F32, rank=2, ...],
-        w: InputTensor[dtype=F32, rank=2, ...],
+        w: InputTensor[dtype=wdt, rank=2, ...],
         b: InputTensor[dtype=F32, rank=1, ...],
         r: InputTensor[dtype=F32, rank=2, ...],
         ctx: DeviceContext,
     ) raises:
-        matvec[False](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), r.unsafe_ptr(),
-                      x.dim_size(0), x.dim_size(1), w.dim_size(0), add=True)
+        matvec[False, False](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), b.unsafe_ptr(),
+                             r.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0), add=True)
 
 
 @extensibility.register("gpt2_norm_matvec")
@@ -68,53 +76,114 @@ struct NormMatVec[gelu: Bool, epsilon: Float64]:
     ln_2 with c_fc and its activation."""
 
     @staticmethod
+    def execute[target: StaticString, wdt: DType](
+        output: OutputTensor[dtype=F32, rank=2, ...],
+        x: InputTensor[dtype=F32, rank=2, ...],
+        gamma: InputTensor[dtype=F32, rank=1, ...],
+        beta: InputTensor[dtype=F32, rank=1, ...],
+        w: InputTensor[dtype=wdt, rank=2, ...],
+        b: InputTensor[dtype=F32, rank=1, ...],
+        ctx: DeviceContext,
+    ) raises:
+        var normed = layer_norm[Self.epsilon](x.unsafe_ptr(), gamma.unsafe_ptr(), beta.unsafe_ptr(), x.dim_size(0),
+                                              x.dim_size(1))
+        matvec[Self.gelu, False](output.unsafe_ptr(), normed, w.unsafe_ptr(), b.unsafe_ptr(), b.unsafe_ptr(),
+                                 output.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0))
+        normed.unsafe_free()
+
+
+# The same three with int8 weights and s[n], the scale of row n of w: out[m, n] uses
+# s[n] * sum_k x[m, k] * w[n, k] in place of the plain sum.
+
+
+@extensibility.register("gpt2_matvec_scaled")
+struct MatVecScaled:
+    @staticmethod
+    def execute[target: StaticString](
+        output: OutputTensor[dtype=F32, rank=2, ...],
+        x: InputTensor[dtype=F32, rank=2, ...],
+        w: InputTensor[dtype=DType.int8, rank=2, ...],
+        s: InputTensor[dtype=F32, rank=1, ...],
+        b: InputTensor[dtype=F32, rank=1, ...],
+        ctx: DeviceContext,
+    ) raises:
+        matvec[False, True](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), s.unsafe_ptr(),
+                            output.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0))
+
+
+@extensibility.register("gpt2_matvec_add_scaled")
+struct MatVecAddScaled:
+    @staticmethod
+    def execute[target: StaticString](
+        output: OutputTensor[dtype=F32, rank=2, ...],
+        x: InputTensor[dtype=F32, rank=2, ...],
+        w: InputTensor[dtype=DType.int8, rank=2, ...],
+        s: InputTensor[dtype=F32, rank=1, ...],
+        b: InputTensor[dtype=F32, rank=1, ...],
+        r: InputTensor[dtype=F32, rank=2, ...],
+        ctx: DeviceContext,
+    ) raises:
+        matvec[False, True](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), s.unsafe_ptr(),
+                            r.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0), add=True)
+
+
+@extensibility.register("gpt2_norm_matvec_scaled")
+struct NormMatVecScaled[gelu: Bool, epsilon: Float64]:
+    @staticmethod
     def execute[target: StaticString](
         output: OutputTensor[dtype=F32, rank=2, ...],
         x: InputTensor[dtype=F32, rank=2, ...],
         gamma: InputTensor[dtype=F32, rank=1, ...],
         beta: InputTensor[dtype=F32, rank=1, ...],
-        w: InputTensor[dtype=F32, rank=2, ...],
+        w: InputTensor[dtype=DType.int8, rank=2, ...],
+        s: InputTensor[dtype=F32, rank=1, ...],
         b: InputTensor[dtype=F32, rank=1, ...],
         ctx: DeviceContext,
     ) raises:
-        var m_rows = x.dim_size(0)
-        var k_dim = x.dim_size(1)
-        var xp = x.unsafe_ptr()
-        var gp = gamma.unsafe_ptr()
-        var bp = beta.unsafe_ptr()
-        # A few rows of k_dim numbers: normalized once, here, then shared by every task.
-        var normed = alloc[Float32](m_rows * k_dim)
-        for m in range(m_rows):
-            var mean = Float32(0)
-            for k in range(k_dim):
-                mean += xp[unsafe_offset=m * k_dim + k]
-            mean /= Float32(k_dim)
-            var var_ = Float32(0)
-            for k in range(k_dim):
-                var d = xp[unsafe_offset=m * k_dim + k] - mean
-                var_ += d * d
-            var rstd = 1 / sqrt(var_ / Float32(k_dim) + Float32(Self.epsilon))
-            for k in range(k_dim):
-                var d = xp[unsafe_offset=m * k_dim + k] - mean
-                normed[unsafe_offset=m * k_dim + k] = d * rstd * gp[unsafe_offset=k] + bp[unsafe_offset=k]
-        matvec[Self.gelu](output.unsafe_ptr(), normed, w.unsafe_ptr(), b.unsafe_ptr(), output.unsafe_ptr(),
-                          m_rows, k_dim, w.dim_size(0))
+        var normed = layer_norm[Self.epsilon](x.unsafe_ptr(), gamma.unsafe_ptr(), beta.unsafe_ptr(), x.dim_size(0),
+                                              x.dim_size(1))
+        matvec[Self.gelu, True](output.unsafe_ptr(), normed, w.unsafe_ptr(), b.unsafe_ptr(), s.unsafe_ptr(),
+                                output.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0))
         normed.unsafe_free()
 
 
+def layer_norm[epsilon: Float64](
+    xp: Pointer[Float32, _], gp: Pointer[Float32, _], bp: Pointer[Float32, _], m_rows: Int, k_dim: Int
+) -> Pointer[Float32, MutUntrackedOrigin]:
+    """The rows of x layer-normed into new memory (the caller frees it): a few rows of k_dim
+    numbers, normed once, here, then shared by every task of the product."""
+    var normed = alloc[Float32](m_rows * k_dim)
+    for m in range(m_rows):
+        var mean = Float32(0)
+        for k in range(k_dim):
+            mean += xp[unsafe_offset=m * k_dim + k]
+        mean /= Float32(k_dim)
+        var var_ = Float32(0)
+        for k in range(k_dim):
+            var d = xp[unsafe_offset=m * k_dim + k] - mean
+            var_ += d * d
+        var rstd = 1 / sqrt(var_ / Float32(k_dim) + Float32(epsilon))
+        for k in range(k_dim):
+            var d = xp[unsafe_offset=m * k_dim + k] - mean
+            normed[unsafe_offset=m * k_dim + k] = d * rstd * gp[unsafe_offset=k] + bp[unsafe_offset=k]
+    return normed
+
+
 @always_inline
-def matvec[gelu: Bool](
+def matvec[gelu: Bool, scaled: Bool, wdt: DType](
     op: Pointer[Float32, MutAnyOrigin],
     xp: Pointer[Float32, _],
-    wp: Pointer[Float32, _],
+    wp: Pointer[Scalar[wdt], _],
     bp: Pointer[Float32, _],
+    sp: Pointer[Float32, _],
     rp: Pointer[Float32, _],
     m_rows: Int,
     k_dim: Int,
     n_dim: Int,
     add: Bool = False,
 ):
-    """Computes out[m, n] = (rp[m, n] if add) + act(sum_k x[m, k] * w[n, k] + b[n]), on every core."""
+    """Computes out[m, n] = (rp[m, n] if add) + act((sp[n] if scaled) * sum_k x[m, k] * w[n, k] + b[n]),
+    on every core; w is widened to float32 as it is read."""
     # Contiguous slices of rows, each task streaming its own part of w: four per core, which
     # balance well, or one per core for batches of eight rows or more. Their tiles fetch 32 rows
     # ahead (below), so a slice's first 32 rows come on demand, and a quarter of the MLP's c_proj
@@ -130,24 +199,26 @@ def matvec[gelu: Bool](
         # multiply-adds. Four rows of w measured fastest; eight no longer keep their sums in
         # registers.
         if m_rows >= 8:
-            n = tiles[4, 8, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
+            n = tiles[4, 8, gelu, scaled](op, xp, wp, bp, sp, rp, m_rows, k_dim, n_dim, add, n, n_end)
         elif m_rows >= 4:
-            n = tiles[4, 4, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
+            n = tiles[4, 4, gelu, scaled](op, xp, wp, bp, sp, rp, m_rows, k_dim, n_dim, add, n, n_end)
         # Batch 1 (and what is left): one row of w at a time, streamed front to back.
         while n < n_end:
             for m in range(m_rows):
-                store[gelu](op, bp, rp, n_dim, add, m, n, dot(wp.unsafe_offset(n * k_dim), xp.unsafe_offset(m * k_dim), k_dim))
+                var s = dot(wp.unsafe_offset(n * k_dim), xp.unsafe_offset(m * k_dim), k_dim)
+                store[gelu, scaled](op, bp, sp, rp, n_dim, add, m, n, s)
             n += 1
 
     sync_parallelize(rows, tasks)
 
 
 @always_inline
-def tiles[nw: Int, mx: Int, gelu: Bool](
+def tiles[nw: Int, mx: Int, gelu: Bool, scaled: Bool, wdt: DType](
     op: Pointer[Float32, MutAnyOrigin],
     xp: Pointer[Float32, _],
-    wp: Pointer[Float32, _],
+    wp: Pointer[Scalar[wdt], _],
     bp: Pointer[Float32, _],
+    sp: Pointer[Float32, _],
     rp: Pointer[Float32, _],
     m_rows: Int,
     k_dim: Int,
@@ -163,29 +234,30 @@ def tiles[nw: Int, mx: Int, gelu: Bool](
     while n + nw <= n_end:
         var m = 0
         while m + mx <= m_rows:
-            block[nw, mx, gelu](op, xp, wp, bp, rp, k_dim, n_dim, add, n, m)
+            block[nw, mx, gelu, scaled](op, xp, wp, bp, sp, rp, k_dim, n_dim, add, n, m)
             m += mx
         # The rows left over, a few at a time rather than one by one, which would re-read
         # every row of w for each.
         comptime if mx > 4:
             if m + 4 <= m_rows:
-                block[nw, 4, gelu](op, xp, wp, bp, rp, k_dim, n_dim, add, n, m)
+                block[nw, 4, gelu, scaled](op, xp, wp, bp, sp, rp, k_dim, n_dim, add, n, m)
                 m += 4
         if m + 2 <= m_rows:
-            block[nw, 2, gelu](op, xp, wp, bp, rp, k_dim, n_dim, add, n, m)
+            block[nw, 2, gelu, scaled](op, xp, wp, bp, sp, rp, k_dim, n_dim, add, n, m)
             m += 2
         if m < m_rows:
-            block[nw, 1, gelu](op, xp, wp, bp, rp, k_dim, n_dim, add, n, m)
+            block[nw, 1, gelu, scaled](op, xp, wp, bp, sp, rp, k_dim, n_dim, add, n, m)
         n += nw
     return n
 
 
 @always_inline
-def block[nw: Int, mx: Int, gelu: Bool](
+def block[nw: Int, mx: Int, gelu: Bool, scaled: Bool, wdt: DType](
     op: Pointer[Float32, MutAnyOrigin],
     xp: Pointer[Float32, _],
-    wp: Pointer[Float32, _],
+    wp: Pointer[Scalar[wdt], _],
     bp: Pointer[Float32, _],
+    sp: Pointer[Float32, _],
     rp: Pointer[Float32, _],
     k_dim: Int,
     n_dim: Int,
@@ -208,7 +280,7 @@ def block[nw: Int, mx: Int, gelu: Bool](
                 prefetch[FETCH](ahead.unsafe_offset(i * k_dim + k))
         var ws = Array[SIMD[F32, W], nw](uninitialized=True)
         comptime for i in range(nw):
-            ws[i] = wp.unsafe_offset((n + i) * k_dim).unsafe_load[width=W](k)
+            ws[i] = wp.unsafe_offset((n + i) * k_dim).unsafe_load[width=W](k).cast[F32]()
         comptime for j in range(mx):
             var xv = xp.unsafe_offset((m + j) * k_dim).unsafe_load[width=W](k)
             comptime for i in range(nw):
@@ -217,14 +289,15 @@ def block[nw: Int, mx: Int, gelu: Bool](
         comptime for j in range(mx):
             var s = acc[mx * i + j].reduce_add()
             for k in range(k_vec, k_dim):
-                s += wp[unsafe_offset=(n + i) * k_dim + k] * xp[unsafe_offset=(m + j) * k_dim + k]
-            store[gelu](op, bp, rp, n_dim, add, m + j, n + i, s)
+                s += wp[unsafe_offset=(n + i) * k_dim + k].cast[F32]() * xp[unsafe_offset=(m + j) * k_dim + k]
+            store[gelu, scaled](op, bp, sp, rp, n_dim, add, m + j, n + i, s)
 
 
 @always_inline
-def store[gelu: Bool](
+def store[gelu: Bool, scaled: Bool](
     op: Pointer[Float32, MutAnyOrigin],
     bp: Pointer[Float32, _],
+    sp: Pointer[Float32, _],
     rp: Pointer[Float32, _],
     n_dim: Int,
     add: Bool,
@@ -232,8 +305,11 @@ def store[gelu: Bool](
     n: Int,
     s: Float32,
 ):
-    """out[m, n] = (rp[m, n] if add) + act(s + b[n])."""
-    var y = s + bp[unsafe_offset=n]
+    """out[m, n] = (rp[m, n] if add) + act((sp[n] if scaled) * s + b[n])."""
+    var y = s
+    comptime if scaled:
+        y *= sp[unsafe_offset=n]
+    y += bp[unsafe_offset=n]
     comptime if gelu:
         y = 0.5 * y * (1 + tanh(Float32(0.7978845608028654) * (y + Float32(0.044715) * y * y * y)))
     if add:
@@ -242,20 +318,21 @@ def store[gelu: Bool](
 
 
 @always_inline
-def dot(r: Pointer[Float32, _], xr: Pointer[Float32, _], k_dim: Int) -> Float32:
-    """Sum of r[k] * xr[k], with four partial sums so consecutive multiply-adds do not wait."""
+def dot[wdt: DType](r: Pointer[Scalar[wdt], _], xr: Pointer[Float32, _], k_dim: Int) -> Float32:
+    """Sum of r[k] * xr[k] (r widened to float32), with four partial sums so consecutive
+    multiply-adds do not wait."""
     var a0 = SIMD[F32, W](0)
     var a1 = SIMD[F32, W](0)
     var a2 = SIMD[F32, W](0)
     var a3 = SIMD[F32, W](0)
     var k = 0
     while k + 4 * W <= k_dim:
-        a0 += r.unsafe_load[width=W](k) * xr.unsafe_load[width=W](k)
-        a1 += r.unsafe_load[width=W](k + W) * xr.unsafe_load[width=W](k + W)
-        a2 += r.unsafe_load[width=W](k + 2 * W) * xr.unsafe_load[width=W](k + 2 * W)
-        a3 += r.unsafe_load[width=W](k + 3 * W) * xr.unsafe_load[width=W](k + 3 * W)
+        a0 += r.unsafe_load[width=W](k).cast[F32]() * xr.unsafe_load[width=W](k)
+        a1 += r.unsafe_load[width=W](k + W).cast[F32]() * xr.unsafe_load[width=W](k + W)
+        a2 += r.unsafe_load[width=W](k + 2 * W).cast[F32]() * xr.unsafe_load[width=W](k + 2 * W)
+        a3 += r.unsafe_load[width=W](k + 3 * W).cast[F32]() * xr.unsafe_load[width=W](k + 3 * W)
         k += 4 * W
     var s = (a0 + a1 + a2 + a3).reduce_add()
     for kk in range(k, k_dim):
-        s += r[unsafe_offset=kk] * xr[unsafe_offset=kk]
+        s += r[unsafe_offset=kk].cast[F32]() * xr[unsafe_offset=kk]
     return s

@@ -1,0 +1,264 @@
+"""Weights held narrower than float32 (max_gpt2/precision.py): bfloat16, and int8 with a scale per
+output row.
+
+- The decode kernels with narrow weights against numpy, at every tile remainder the float32
+  kernels are tested at (tests/test_kernels.py's sizes): widening is exact, so the only
+  difference from numpy on the same narrow weights is float32 summation order.
+- Whole models on the test checkpoints: logits within a bound derived below of float32's, and
+  greedy tokens equal where float32's margins exceed that bound.
+- What cannot run is refused in one line.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("max")
+
+from max.driver import CPU  # noqa: E402
+from max.dtype import DType  # noqa: E402
+from max.experimental.tensor import Tensor, TensorType  # noqa: E402
+
+from max_gpt2.decode import matvec  # noqa: E402
+from max_gpt2.precision import bfloat16, for_max, quantize_rows  # noqa: E402
+from tests.test_kernels import KS, N, ROWS, compiled, gelu  # noqa: E402
+
+
+def run(graph, *arrays) -> list[np.ndarray]:
+    out = graph.execute_raw(*(Tensor.from_dlpack(for_max(np.ascontiguousarray(a))).driver_tensor for a in arrays))
+    return [np.from_dlpack(o).copy() for o in out]
+
+
+def kernel_graph(weight: DType):
+    """Every matvec kernel in one graph (one compile per weight dtype), rows and K symbolic:
+    plain, with a residual, after a layer norm, after a layer norm and then GELU."""
+    f32 = lambda *shape: TensorType(DType.float32, shape, device=CPU())  # noqa: E731
+    w_type = TensorType(weight, [N, "k"], device=CPU())
+
+    def graph(x, w, b, r, gamma, beta, *scale):
+        s = scale[0] if scale else None
+        norm = SimpleNamespace(weight=gamma, bias=beta, eps=1e-6)  # matvec reads a LayerNorm's weight, bias and eps
+        return (matvec(x, w, b, scale=s), matvec(x, w, b, scale=s, residual=r),
+                matvec(x, w, b, scale=s, norm=norm), matvec(x, w, b, scale=s, norm=norm, gelu=True))
+
+    scale = [f32(N)] if weight == DType.int8 else []
+    return compiled(graph, f32("rows", "k"), w_type, f32(N), f32("rows", N), f32("k"), f32("k"), *scale)
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    return {"bfloat16": kernel_graph(DType.bfloat16), "int8": kernel_graph(DType.int8)}
+
+
+@pytest.fixture(scope="module", params=KS, ids=lambda k: f"K={k}")
+def weights(request):
+    rng, k = np.random.default_rng(0), request.param
+    w = rng.standard_normal((N, k), dtype=np.float32) / np.float32(np.sqrt(k))  # sums of order 1 at any K
+    w[7] = 0  # a row of zeros: int8 scale 0, not a division by zero
+    return (w, rng.standard_normal(N, dtype=np.float32),
+            rng.standard_normal(k, dtype=np.float32), rng.standard_normal(k, dtype=np.float32))
+
+
+@pytest.mark.parametrize("kind", ["bfloat16", "int8"])
+@pytest.mark.parametrize("rows", ROWS)
+def test_narrow_matvec_equals_numpy_on_the_same_narrow_weights(graphs, weights, rows, kind):
+    """Each kernel against numpy on the weights as held: bfloat16 widened, or int8 rows times
+    their scales. Widening is exact, so the tolerance is float32 summation order's, as for the
+    float32 kernels; a scale not applied, or applied to the wrong row, is off by far more."""
+    w, b, gamma, beta = weights
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, w.shape[1]), dtype=np.float32)
+    r = rng.standard_normal((rows, N), dtype=np.float32)
+    if kind == "bfloat16":
+        held = w.astype(bfloat16())
+        extra, wide = [], held.astype(np.float32)
+    else:
+        q, scale = quantize_rows(w)
+        held, extra, wide = q, [scale], q.astype(np.float32) * scale[:, None]
+    plain, residual, normed, normed_gelu = run(graphs[kind], x, held, b, r, gamma, beta, *extra)
+    np.testing.assert_allclose(plain, x @ wide.T + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(residual, r + x @ wide.T + b, rtol=1e-5, atol=1e-5)
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    expected = ((x - mean) / np.sqrt(var + 1e-6) * gamma + beta) @ wide.T + b
+    np.testing.assert_allclose(normed, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(normed_gelu, gelu(expected), rtol=1e-4, atol=1e-4)
+
+
+def test_int8_rows_are_within_half_a_step_of_the_weights():
+    w = np.random.default_rng(0).standard_normal((50, 33)).astype(np.float32)
+    w[3] = 0
+    q, scale = quantize_rows(w)
+    assert q.dtype == np.int8 and scale.dtype == np.float32
+    np.testing.assert_array_equal(np.abs(q).max(axis=1)[[0, 1, 2, 4]], 127)  # each row's largest is ±127
+    assert not q[3].any() and scale[3] == 0
+    assert np.all(np.abs(q * scale[:, None] - w) <= scale[:, None] / 2 * (1 + 1e-6))
+
+
+# --- whole models on a test checkpoint ---------------------------------------------------------
+
+KINDS = {"bfloat16": dict(dtype="bfloat16"), "int8": dict(quantize="int8")}
+# How much more the logits move than the weights' own relative error predicts (see
+# test_narrow_logits_stay_within_a_derived_bound_of_float32): attention and layer norms amplify a
+# perturbation, on random weights at std 0.2 more than on trained ones. Twice what was seen on
+# this checkpoint for either dtype, at its largest.
+AMPLIFICATION = 6.0
+
+
+@pytest.fixture(scope="module", params=list(KINDS))
+def narrow(request, hub):
+    """(kind, our model with narrow weights, transformers on the same weights widened to float32)."""
+    from max_gpt2 import GPT2
+    from max_gpt2.checkpoints.huggingface import to_hf
+    from max_gpt2.reference import load_reference
+
+    model = GPT2.from_pretrained(hub.path, **KINDS[request.param])
+    return request.param, model, load_reference(None, model.config, to_hf(widened(model.state), model.config))
+
+
+def widened(state: dict) -> dict:
+    """A narrow state dict as the float32 weights it stands for: int8 rows times their scales."""
+    from max_gpt2.precision import SCALE, is_scale
+
+    wide = {}
+    for name, array in state.items():
+        if array.dtype == np.int8:
+            wide[name] = array.astype(np.float32) * state[name + SCALE][:, None]
+        elif not is_scale(name):
+            wide[name] = array.astype(np.float32)
+    return wide
+
+
+IDS = np.random.default_rng(0).integers(0, 50257, (3, 33))
+
+
+def test_narrow_weights_are_held_narrow_and_nothing_in_float32_beside_them(narrow, hub):
+    kind, model, _ = narrow
+    held = {a.dtype.name for name, a in model.state.items() if a.ndim == 2 and "wpe" not in name}
+    assert held == {kind}
+    float32 = sum(a.nbytes for a in hub.model.state.values())
+    assert sum(a.nbytes for a in model.state.values()) < (0.55 if kind == "bfloat16" else 0.35) * float32
+    assert model.num_parameters == hub.model.num_parameters  # scales are not parameters
+    assert kind in model.describe()
+
+
+def test_narrow_logits_equal_transformers_on_the_same_narrow_weights(narrow):
+    """The implementation, apart from rounding: transformers given exactly the weights we hold
+    (bfloat16 widened, int8 rows times their scales) computes our logits to float32's
+    tolerance, the same as the float32 parity tests. Widening is exact; only the order of float32
+    sums differs (and for int8, the scale applied to the sum rather than to each weight)."""
+    from max_gpt2.reference import reference_logits
+
+    _, model, reference = narrow
+    np.testing.assert_allclose(model.logits(IDS), reference_logits(reference, IDS), rtol=0, atol=1e-4)
+
+
+def logit_bound(model, original: dict, logits: np.ndarray) -> float:
+    """How far rounding the weights may move `logits` (float32 logits of `original`'s weights).
+
+    Rounding moves each weight by a zero-mean error, independent of the others, with relative
+    size rho = rms(error) / rms(weight), read off the arrays: for bfloat16 at most 2^-8 of each
+    weight (round to nearest, 8 significant bits), about 2^-8 / sqrt(3) on average; for int8
+    at most half a step, max|row| / 254, several times more. A sum over K such products is then
+    off by about rho times its size (a random walk over K terms), and the logits, the end of
+    M = 4 n_layer + 3 products and lookups in a row, by about rho * sqrt(M) times their spread,
+    at most sqrt(2 ln n) times that over n logits (a Gaussian tail), times AMPLIFICATION for what
+    attention and layer norms add.
+    """
+    wide = widened(model.state)
+    matrices = [k for k in wide if wide[k].ndim == 2]
+    errors = np.concatenate([(wide[k] - original[k]).ravel() for k in matrices]).astype(np.float64)
+    weights = np.concatenate([original[k].ravel() for k in matrices]).astype(np.float64)
+    rho = np.sqrt(np.mean(errors**2) / np.mean(weights**2))
+    m = 4 * model.config.n_layer + 3
+    return float(AMPLIFICATION * rho * np.sqrt(m) * logits.std() * np.sqrt(2 * np.log(logits.size)))
+
+
+def test_narrow_logits_stay_within_a_derived_bound_of_float32(narrow, hub):
+    """The cost of rounding, against transformers in float32 on the original weights, within
+    `logit_bound`; and rho itself as rounding makes it."""
+    from max_gpt2.reference import reference_logits
+
+    kind, model, _ = narrow
+    exact = reference_logits(hub.reference, IDS)
+    bound = logit_bound(model, hub.model.state, exact)
+    worst = np.abs(model.logits(IDS) - exact).max()
+    assert worst <= bound, (worst, bound)
+
+
+def test_narrow_greedy_choices_equal_float32s_where_its_margins_exceed_the_bound(narrow, hub):
+    """A greedy choice cannot change where float32's lead of the first logit over the second is
+    more than twice the most any logit may move (`logit_bound`): at every such position of IDS
+    (the contexts float32 sees, teacher-forced), the narrow model picks float32's token."""
+    from max_gpt2.reference import reference_logits
+
+    kind, model, _ = narrow
+    exact = reference_logits(hub.reference, IDS)
+    top2 = np.sort(exact, axis=-1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 2 * logit_bound(model, hub.model.state, exact)
+    if not clear.any():
+        pytest.skip(f"{kind}'s bound is above every float32 margin on this checkpoint: no greedy choice is sure")
+    ours = model.logits(IDS).argmax(-1)
+    np.testing.assert_array_equal(ours[clear], exact.argmax(-1)[clear])
+
+
+def test_narrow_greedy_tokens_equal_transformers_on_the_same_narrow_weights(narrow, hub):
+    """Prefill, then our decode kernels reading the narrow weights: token for token what
+    transformers generates from the same weights widened, where its margins are a thousand times
+    float32's error (as in tests/test_generation.py)."""
+    from max_gpt2.reference import reference_greedy
+
+    _, model, reference = narrow
+    prompt = hub.model.tokenizer.encode("The meaning of life is")
+    margins = []
+    theirs = reference_greedy(reference, prompt, 32, margins)
+    assert len(set(theirs)) >= 8 and min(margins) > 1e-3, (len(set(theirs)), min(margins))
+    assert [int(t[0]) for t in model.generate_tokens([prompt], 32)] == theirs
+
+
+# --- what cannot run --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(dtype="float16"), "unknown dtype 'float16'; use one of float32, bfloat16"),
+    (dict(quantize="int4"), "unknown quantization 'int4'; use int8, or none"),
+    (dict(dtype="bfloat16", quantize="int8"), "cannot be combined with dtype='bfloat16'"),
+])
+def test_a_precision_that_cannot_run_is_refused_before_loading(kwargs, fragment):
+    from max_gpt2 import GPT2
+    from max_gpt2.errors import PrecisionError
+
+    with pytest.raises(PrecisionError, match=fragment):  # not "no such file": nothing was read
+        GPT2.from_pretrained("/nonexistent", **kwargs)
+
+
+def test_an_int8_state_is_not_taken_for_float32(hub):
+    from max_gpt2 import GPT2
+    from max_gpt2.errors import PrecisionError
+
+    state = dict(GPT2.from_pretrained(hub.path, quantize="int8").state)
+    with pytest.raises(PrecisionError, match="is int8 but float32 weights hold it in float32: pass quantize='int8'"):
+        GPT2(hub.config, state)
+
+
+def test_matvec_takes_a_scale_with_an_int8_weight_and_only_then():
+    f32 = lambda *shape: TensorType(DType.float32, shape, device=CPU())  # noqa: E731
+    int8 = TensorType(DType.int8, [4, 8], device=CPU())
+    with pytest.raises(ValueError, match="an int8 weight needs scale="):
+        compiled(lambda x, w: matvec(x, w), f32(2, 8), int8)
+    with pytest.raises(ValueError, match="an int8 weight needs scale="):
+        compiled(lambda x, w, s: matvec(x, w, scale=s), f32(2, 8), f32(4, 8), f32(4))
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["verify", "--dtype", "bfloat16"], "verify proves float32 weights compute exactly what transformers computes"),
+    (["verify", "--quantize", "int8"], "int8 weights differ from it by their rounding"),
+    (["generate", "--prompt", "x", "--dtype", "bfloat16", "--quantize", "int8"], "cannot be combined"),
+    (["chat", "--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+])
+def test_the_command_line_refuses_what_cannot_run_in_one_line_before_loading(args, fragment):
+    from tests.test_cli import assert_one_clear_error, run
+
+    assert_one_clear_error(run(args[0], "--model", "/nonexistent", *args[1:]), fragment)
