@@ -95,6 +95,25 @@ def test_quick_bench_writes_a_complete_json_and_a_png(hub, tmp_path):
     assert "decode, batch 1 (tokens/s)" in result.stdout and "roofline:" in result.stdout
 
 
+def test_narrow_engines_run_every_round_and_show_their_rounding(hub, tmp_path):
+    """Ours in bfloat16 and in int8 beside float32: the same report, every round (the targets
+    compare them), and the teacher-forced logits show they are not float32."""
+    out = tmp_path / "bench.json"
+    result = bench("--model", str(hub.path), "--quick", "--engines", "max-compiled-kv,max-gpt2-bf16,max-gpt2-int8",
+                   "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    for name in ("max-gpt2-bf16", "max-gpt2-int8"):
+        engine = report["engines"][name]
+        assert set(FIELDS) <= set(engine) and engine["status"] == "ok", (name, engine["status"])
+        assert engine["rounds"] == 2 and engine["decode_tokens_per_s"] > 0, name
+        assert engine["teacher_forced_kl"] > 1e-6 and engine["max_abs_logit_diff"] > 1e-3, name
+    per_round = {e: report["engines"][e]["per_round"]["decode_tokens_per_s"] for e in report["engines"]}
+    bf16 = next(t for t in report["targets"] if t["target"].startswith("bf16 decode ≥ 1.8×"))
+    assert bf16["per_round"] == pytest.approx([a / b for a, b in zip(per_round["max-gpt2-bf16"],
+                                                                      per_round["max-compiled-kv"])])
+
+
 def missing_peers() -> str | None:
     from max_gpt2.bench.arguments import unavailable
 
@@ -143,8 +162,8 @@ def test_8_bit_peers_run_and_show_what_their_rounding_costs(hub, tmp_path):
     show that they are not float32 (on the test checkpoint's std-0.2 weights the logits move by
     tenths; a float32 engine stays within 1e-2)."""
     out = tmp_path / "bench.json"
-    result = bench("--model", str(hub.path), "--quick", "--rounds", "1", "--engines", ",".join(PEERS_8_BIT),
-                   "--json", str(out))
+    result = bench("--model", str(hub.path), "--quick", "--rounds", "1", "--engines",
+                   ",".join(("max-gpt2-int8", *PEERS_8_BIT)), "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     for name in PEERS_8_BIT:
@@ -153,6 +172,13 @@ def test_8_bit_peers_run_and_show_what_their_rounding_costs(hub, tmp_path):
         assert engine["decode_tokens_per_s"] > 0 and engine["batch8_tokens_per_s"] > 0, name
         assert 0 < engine["teacher_forced_top1_agreement"] <= 1 and engine["max_abs_logit_diff"] > 0.05, name
         assert engine["teacher_forced_kl"] > 1e-4, name  # float32 engines stay below (the peers' test)
+    # Our int8 against them: each round's ratio to llama.cpp's q8_0, and the quality comparisons.
+    ours, q8 = (report["engines"][e]["per_round"]["decode_tokens_per_s"] for e in ("max-gpt2-int8", "llama.cpp-q8_0"))
+    decode = next(t for t in report["targets"] if t["target"].startswith("int8 decode ≥ 1.2× llama.cpp q8_0"))
+    assert decode["per_round"] == pytest.approx([a / b for a, b in zip(ours, q8)])
+    kl = next(t for t in report["targets"] if t["target"].startswith("int8 KL"))
+    best = min(report["engines"][e]["teacher_forced_kl"] for e in PEERS_8_BIT)
+    assert kl["measured"] == pytest.approx(report["engines"]["max-gpt2-int8"]["teacher_forced_kl"] / best)
 
 
 def test_a_peer_without_its_extra_is_skipped_with_one_line(hub, tmp_path):

@@ -2,6 +2,8 @@
 
 Engines:
   max-compiled-kv         ours: the compiled step graph with a key/value cache (GPT2.generate_tokens)
+  max-gpt2-bf16           the same with the weights in bfloat16 (from_pretrained(dtype="bfloat16"))
+  max-gpt2-int8           the same with the weights in int8 (from_pretrained(quantize="int8"))
   max-compiled-recompute  the tutorial's design: the compiled full-sequence graph re-run over the
                           whole sequence for every new token
   max-eager               the same MAX modules called without compiling (time-boxed: very slow)

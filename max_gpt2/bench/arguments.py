@@ -12,13 +12,14 @@ PEERS = {"ctranslate2-fp32": ("ctranslate2",), "onnxruntime-fp32": ("onnxruntime
          "llama.cpp-f32": ("llama_cpp", "gguf")}
 # The same engines with 8-bit weights, for the reduced-precision comparison.
 PEERS_INT8 = {"ctranslate2-int8": ("ctranslate2",), "llama.cpp-q8_0": ("llama_cpp", "gguf")}
-ENGINES = ("max-compiled-kv", "max-compiled-recompute", "max-eager", "torch-eager", "torch-compile", *PEERS,
+NARROW = ("max-gpt2-bf16", "max-gpt2-int8")  # ours with narrower weights
+ENGINES = ("max-compiled-kv", *NARROW, "max-compiled-recompute", "max-eager", "torch-eager", "torch-compile", *PEERS,
            *PEERS_INT8)
-COMPILED = ("max-compiled-kv", "max-compiled-recompute", "torch-compile")  # these have compile times
+COMPILED = ("max-compiled-kv", *NARROW, "max-compiled-recompute", "torch-compile")  # these have compile times
 REFERENCE = "torch-eager"  # transformers itself: its greedy tokens are the ones to match
 OURS = "max-compiled-kv"
 # The targets compare ours with these: they run every round, the other engines in the first.
-EVERY_ROUND = (OURS, REFERENCE, *PEERS, *PEERS_INT8)
+EVERY_ROUND = (OURS, *NARROW, REFERENCE, *PEERS, *PEERS_INT8)
 DECODE_PROMPT = 16  # tokens in the prompt of the decode and batch workloads
 MAX_BATCH = 64
 

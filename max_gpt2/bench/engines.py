@@ -70,10 +70,12 @@ class Engine:
 class MaxKV(Engine):
     """Ours: GPT2.generate_tokens, the compiled step graph with a key/value cache."""
 
+    precision: dict = {}  # from_pretrained's dtype= / quantize=; float32 by default
+
     def __init__(self, path: str, scratch: Path) -> None:
         from max_gpt2.engine import GPT2
 
-        self.model = GPT2.from_pretrained(path)
+        self.model = GPT2.from_pretrained(path, **self.precision)
 
     def compile(self) -> float:
         start = time.perf_counter()
@@ -96,6 +98,18 @@ class MaxKV(Engine):
             rows.append(generation.step(np.array([t]))[0])
         generation.close()
         return np.stack(rows)
+
+
+class MaxBFloat16(MaxKV):
+    """Ours with the weights in bfloat16 (activations and sums in float32)."""
+
+    precision = {"dtype": "bfloat16"}
+
+
+class MaxInt8(MaxKV):
+    """Ours with the weights in int8, a float32 scale per output row."""
+
+    precision = {"quantize": "int8"}
 
 
 class MaxRecompute(MaxKV):
@@ -254,6 +268,8 @@ class TorchCompile(TorchEager):
 
 ENGINE_CLASSES = {
     "max-compiled-kv": MaxKV,
+    "max-gpt2-bf16": MaxBFloat16,
+    "max-gpt2-int8": MaxInt8,
     "max-compiled-recompute": MaxRecompute,
     "max-eager": MaxEager,
     "torch-eager": TorchEager,

@@ -9,7 +9,7 @@ import numpy as np
 from max_gpt2.bench.arguments import EVERY_ROUND
 from max_gpt2.bench.report import fmt
 
-COLORS = {"max-compiled-kv": "#d62728", "max-compiled-recompute": "#ff9896", "max-eager": "#c7c7c7",
+COLORS = {"max-compiled-kv": "#d62728", "max-gpt2-bf16": "#e377c2", "max-gpt2-int8": "#bcbd22", "max-compiled-recompute": "#ff9896", "max-eager": "#c7c7c7",
           "torch-eager": "#1f77b4", "torch-compile": "#aec7e8", "ctranslate2-fp32": "#2ca02c",
           "onnxruntime-fp32": "#9467bd", "llama.cpp-f32": "#8c564b", "ctranslate2-int8": "#98df8a",
           "llama.cpp-q8_0": "#c49c94"}
