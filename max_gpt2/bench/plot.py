@@ -31,9 +31,9 @@ def plot(report: dict, path: str) -> None:
         ("decode, batch 1 (tokens/s, higher is better)", "decode_tokens_per_s"),
         (f"batch {batch} (tokens/s, higher is better)", f"batch{batch}_tokens_per_s"),
         ("time to first token (ms, lower is better)", "ttft_ms"),
-        ("compile: cold / warm cache (s, lower is better)", ("compile_s_cold", "cold", "compile_s_warm", "warm")),
+        ("compile: cold / warm cache (s, lower is better)", ("compile_s_cold", "cold", "compile_s_warm", "warm", 1)),
         ("resident memory: after load / peak (MB, lower is better)",
-         ("rss_after_load_mb", "after load", "peak_rss_mb", "peak")),
+         ("rss_after_load_mb", "after load", "peak_rss_mb", "peak", 0)),
     ]
     # Prefill: one group of bars per prompt length.
     ax = axes[0][0]
@@ -51,14 +51,15 @@ def plot(report: dict, path: str) -> None:
     ax.legend(fontsize=8)
     for ax, (title, key) in zip([a for row in axes for a in row][1:], panels):
         if isinstance(key, tuple):  # two figures per engine: hatched, then plain
-            first, first_label, second, second_label = key
+            first, first_label, second, second_label, digits = key
             xs = np.arange(len(names))
             for dx, field, label, hatch in ((-0.2, first, first_label, "//"), (0.2, second, second_label, None)):
                 values = [engines[n].get(field) for n in names]
                 ax.bar(xs + dx, [v or 0 for v in values], 0.4, color=[COLORS.get(n) for n in names], hatch=hatch,
                        edgecolor="black", label=label)
                 for x, v in zip(xs, values):
-                    ax.text(x + dx, v or 0, fmt(v) if v is not None else "n/a", ha="center", va="bottom", fontsize=7)
+                    ax.text(x + dx, v or 0, fmt(v, digits) if v is not None else "n/a", ha="center", va="bottom",
+                            fontsize=6, rotation=90 if digits == 0 else 0)
             ax.legend(fontsize=8)
         else:
             values = [engines[n][key] for n in names]
@@ -78,10 +79,13 @@ def plot(report: dict, path: str) -> None:
         ax.set_title(title)
     m = report["model"]
     weights = "seeded random weights" if m["random_weights"] else Path(m["source"]).name
+    every = [n for n in names if n in EVERY_ROUND]
+    rounds = report["workload"]["rounds"]
+    which = ("every engine" if len(every) == len(names) else
+             f"{', '.join(every)}; of one round for the others")
     fig.suptitle(f"GPT-2 {m['parameter_count'] / 1e6:.0f}M ({weights}; float32 unless named) on {report['machine']['cpu']}, "
-                 f"{report['machine']['cores']} cores — one run; bars are medians of {report['workload']['rounds']} "
-                 f"rounds for {', '.join(n for n in EVERY_ROUND if n in engines)} (dots: each round), of one for "
-                 "the others")
+                 f"{report['machine']['cores']} cores — one run; bars: medians of {rounds} rounds for {which} "
+                 "(dots: each round)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
