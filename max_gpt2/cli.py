@@ -94,10 +94,7 @@ def parser() -> argparse.ArgumentParser:
 
     from max_gpt2 import bench  # only its options: the benchmark itself loads when it runs
 
-    b = sub.add_parser("bench", help="compiled MAX vs eager inference, each engine in its own process",
-                       description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.add_arguments(b)
-    b.set_defaults(run=bench.run)
+    _own_command(sub, "bench", bench, "compiled MAX vs eager inference, each engine in its own process")
 
     ev = sub.add_parser("eval", help="perplexity on a text, by sliding windows as in transformers",
                         description="Perplexity of the model on FILE by transformers' fixed-length method: windows "
@@ -120,11 +117,15 @@ def parser() -> argparse.ArgumentParser:
 
     from max_gpt2.serve import launch  # its options only: MAX Serve loads when the command runs
 
-    srv = sub.add_parser("serve", help="serve GPT-2 over an OpenAI-compatible HTTP API (MAX Serve)",
-                         description=launch.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    launch.add_arguments(srv)
-    srv.set_defaults(run=launch.run)
+    _own_command(sub, "serve", launch, "serve GPT-2 over an OpenAI-compatible HTTP API (MAX Serve)")
     return p
+
+
+def _own_command(sub, name: str, module, summary: str) -> None:
+    """A command whose module has its own options (`add_arguments`), `run`, and help (its docstring)."""
+    p = sub.add_parser(name, help=summary, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(p)
+    p.set_defaults(run=module.run)
 
 
 _SOURCE = ("a Hugging Face id (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, a fine-tune), a local folder, "
