@@ -5,7 +5,7 @@
 #   make s01 … s11   check a tutorial step      (pixi run s01 …); SOLUTIONS=1 checks solutions/
 #   make check-all   every step's checker       (pixi run check-all)
 #   make my-gpt2     run your own finished GPT-2 (steps/step_11.py)
-#   make bench       compiled vs eager          (pixi run bench)
+#   make bench       ours against the others    (pixi run bench)
 #   make eval        perplexity of GPT-2        (pixi run eval)
 #   make serve       GPT-2 over an OpenAI API   (pixi run serve); its own .venv-serve (see README)
 

@@ -94,7 +94,8 @@ def parser() -> argparse.ArgumentParser:
 
     from max_gpt2 import bench  # only its options: the benchmark itself loads when it runs
 
-    _own_command(sub, "bench", bench, "compiled MAX vs eager inference, each engine in its own process")
+    _own_command(sub, "bench", bench, "our engine against transformers and the CPU engines people compare, each in "
+                 "its own process")
 
     ev = sub.add_parser("eval", help="perplexity on a text, by sliding windows as in transformers",
                         description="Perplexity of the model on FILE by transformers' fixed-length method: windows "

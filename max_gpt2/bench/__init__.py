@@ -1,4 +1,5 @@
-"""Compiled MAX against eager inference on one GPT-2 checkpoint, each engine in its own process.
+"""Our engine (float32, bfloat16, int8) against transformers and the CPU engines people choose
+GPT-2 with, on one checkpoint, each engine in its own process.
 
 Engines:
   max-compiled-kv         ours: the compiled step graph with a key/value cache (GPT2.generate_tokens)
