@@ -11,7 +11,8 @@ from pathlib import Path
 from max_gpt2.errors import GenerationError, TokenizerError
 
 EOS = "<|endoftext|>"
-
+# The BPE files' names: Hugging Face's, then OpenAI's release's for the same two files.
+BPE_FILES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
 
 
 class GPT2Tokenizer:
@@ -46,8 +47,7 @@ class GPT2Tokenizer:
                 return cls(Tokenizer.from_file(str(folder / "tokenizer.json")))
             except Exception as e:
                 raise TokenizerError(f"cannot read {folder / 'tokenizer.json'}: {e}") from None
-        # OpenAI's release names the same two files encoder.json and vocab.bpe.
-        for vocab, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+        for vocab, merges in BPE_FILES:
             if (folder / vocab).is_file() and (folder / merges).is_file():
                 return cls.from_files(folder / vocab, folder / merges)
         raise TokenizerError(

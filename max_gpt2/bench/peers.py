@@ -351,7 +351,9 @@ def _vocabulary(source: Path, size: int) -> tuple[list[str], list[str]]:
     import json
 
     folder = source if source.is_dir() else source.parent
-    for vocab, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+    from max_gpt2.tokenizer import BPE_FILES
+
+    for vocab, merges in BPE_FILES:
         if (folder / vocab).is_file() and (folder / merges).is_file():
             ids = json.loads((folder / vocab).read_text(encoding="utf-8"))
             tokens = [f"[PAD{i}]" for i in range(size)]
