@@ -2,8 +2,9 @@
 output row.
 
 - The decode kernels with narrow weights against numpy, at every tile remainder the float32
-  kernels are tested at (tests/test_kernels.py's sizes): widening is exact, so the only
-  difference from numpy on the same narrow weights is float32 summation order.
+  kernels are tested at (tests/test_kernels.py's sizes): bfloat16 widening is exact, so the only
+  difference from numpy on the same narrow weights is float32 summation order; int8 products are
+  integer sums on x's int16 digits, which numpy reproduces exactly.
 - Whole models on the test checkpoints: logits within a bound derived below of float32's, and
   greedy tokens equal where float32's margins exceed that bound.
 - What cannot run is refused in one line.
@@ -62,29 +63,53 @@ def weights(request):
             rng.standard_normal(k, dtype=np.float32), rng.standard_normal(k, dtype=np.float32))
 
 
+# Beyond tests/test_kernels.py's rows: a prompt longer than the int8 kernels' chunk of rows at
+# K=1000 (kernels/int8.mojo: as many rows of digits as stay in L2), the last chunk with the
+# remainders 2 + 1.
+CHUNKED = 131
+
+
 @pytest.mark.parametrize("kind", ["bfloat16", "int8"])
-@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("rows", ROWS + [CHUNKED])
 def test_narrow_matvec_equals_numpy_on_the_same_narrow_weights(graphs, weights, rows, kind):
-    """Each kernel against numpy on the weights as held: bfloat16 widened, or int8 rows times
-    their scales. Widening is exact, so the tolerance is float32 summation order's, as for the
-    float32 kernels; a scale not applied, or applied to the wrong row, is off by far more."""
+    """Each kernel against numpy on the weights as held. bfloat16 is widened, which is exact, so
+    the tolerance is float32 summation order's, as for the float32 kernels. int8 is summed in
+    integers on x's int16 digits (`int8_product`), which numpy reproduces exactly, so the
+    tolerance is that of the few float32 multiplies after the sum; a scale or step not applied,
+    a digit or a remainder of K or of the rows dropped, is off by far more. After a layer norm
+    (float32 in a different order here) a digit may differ by one: the tolerance is that of the
+    float kernels. A row of x of zeros has step 0, not a division by zero."""
     w, b, gamma, beta = weights
     rng = np.random.default_rng(rows)
     x = rng.standard_normal((rows, w.shape[1]), dtype=np.float32)
+    x[rows // 2] = 0
     r = rng.standard_normal((rows, N), dtype=np.float32)
     if kind == "bfloat16":
         held = w.astype(bfloat16())
-        extra, wide = [], held.astype(np.float32)
+        extra, exact = [], 1e-5
+        product = lambda x: x @ held.astype(np.float32).T  # noqa: E731
     else:
-        q, scale = quantize_rows(w)
-        held, extra, wide = q, [scale], q.astype(np.float32) * scale[:, None]
+        held, scale = quantize_rows(w)
+        extra, exact = [scale], 1e-6
+        product = lambda x: int8_product(x, held, scale)  # noqa: E731
     plain, residual, normed, normed_gelu = run(graphs[kind], x, held, b, r, gamma, beta, *extra)
-    np.testing.assert_allclose(plain, x @ wide.T + b, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(residual, r + x @ wide.T + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(plain, product(x) + b, rtol=exact, atol=exact)
+    np.testing.assert_allclose(residual, r + product(x) + b, rtol=exact, atol=exact)
     mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-    expected = ((x - mean) / np.sqrt(var + 1e-6) * gamma + beta) @ wide.T + b
+    expected = product(((x - mean) / np.sqrt(var + 1e-6) * gamma + beta).astype(np.float32)) + b
     np.testing.assert_allclose(normed, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(normed_gelu, gelu(expected), rtol=1e-4, atol=1e-4)
+
+
+def int8_product(x: np.ndarray, q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """x @ (q * scale).T as the int8 kernels compute it (kernels/int8.mojo): each row of x as
+    int16 digits, round(x / step) with step = max|row| / 32767 (in float32, ties to even, as
+    there), the integer sums exact, then times the step and the row scale in float32."""
+    top = np.abs(x).max(axis=1, keepdims=True)
+    inv = np.where(top > 0, np.float32(32767) / np.where(top > 0, top, np.float32(1)), np.float32(0))
+    digits = np.rint(x * inv.astype(np.float32)).astype(np.int64)
+    sums = (digits @ q.astype(np.int64).T).astype(np.float32)
+    return sums * (top / np.float32(32767)).astype(np.float32) * scale
 
 
 def test_int8_rows_are_within_half_a_step_of_the_weights():
@@ -148,7 +173,8 @@ def test_narrow_logits_equal_transformers_on_the_same_narrow_weights(narrow):
     """The implementation, apart from rounding: transformers given exactly the weights we hold
     (bfloat16 widened, int8 rows times their scales) computes our logits to float32's
     tolerance, the same as the float32 parity tests. Widening is exact; only the order of float32
-    sums differs (and for int8, the scale applied to the sum rather than to each weight)."""
+    sums differs (and for int8, the scale applied to the sum rather than to each weight, and x
+    rounded to int16 digits, a part in 2^16 of each row's largest value at most)."""
     from max_gpt2.reference import reference_logits
 
     _, model, reference = narrow
@@ -161,7 +187,9 @@ def logit_bound(model, original: dict, logits: np.ndarray) -> float:
     Rounding moves each weight by a zero-mean error, independent of the others, with relative
     size rho = rms(error) / rms(weight), read off the arrays: for bfloat16 at most 2^-8 of each
     weight (round to nearest, 8 significant bits), about 2^-8 / sqrt(3) on average; for int8
-    at most half a step, max|row| / 254, several times more. A sum over K such products is then
+    at most half a step, max|row| / 254, several times more. (The int8 kernels also round x, to
+    int16 digits: at most max|row of x| / 65534, far below the weights' rounding, so the bound
+    is the weights'.) A sum over K such products is then
     off by about rho times its size (a random walk over K terms), and the logits, the end of
     M = 4 n_layer + 3 products and lookups in a row, by about rho * sqrt(M) times their spread,
     at most sqrt(2 ln n) times that over n logits (a Gaussian tail), times AMPLIFICATION for what

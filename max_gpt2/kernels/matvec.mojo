@@ -13,11 +13,10 @@
 # attention is one launch of its own (attention.mojo). Every choice here was measured: the
 # figures, and what was tried and not kept, are in docs/benchmarks.md.
 #
-# The weights may be held narrower than the float32 arithmetic: bfloat16, or int8 with one
-# float32 scale per row of w (per output). Each vector of w is widened to float32 in registers
-# as it is loaded, so the sums are float32 as before, and a narrower w is fewer bytes to stream,
-# which is the whole cost of a decode step. An int8 row's sum is multiplied by its scale once,
-# at the end, before the bias.
+# The weights may be held narrower than the float32 arithmetic, in bfloat16. Each vector of w is
+# widened to float32 in registers as it is loaded, so the sums are float32 as before, and a
+# narrower w is fewer bytes to stream, which is the whole cost of a decode step. int8 weights
+# have kernels of their own, in integer arithmetic (int8.mojo).
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
@@ -89,61 +88,6 @@ struct NormMatVec[gelu: Bool, epsilon: Float64]:
                                               x.dim_size(1))
         matvec[Self.gelu, False](output.unsafe_ptr(), normed, w.unsafe_ptr(), b.unsafe_ptr(), b.unsafe_ptr(),
                                  output.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0))
-        normed.unsafe_free()
-
-
-# The same three with int8 weights and s[n], the scale of row n of w: out[m, n] uses
-# s[n] * sum_k x[m, k] * w[n, k] in place of the plain sum.
-
-
-@extensibility.register("gpt2_matvec_scaled")
-struct MatVecScaled:
-    @staticmethod
-    def execute[target: StaticString](
-        output: OutputTensor[dtype=F32, rank=2, ...],
-        x: InputTensor[dtype=F32, rank=2, ...],
-        w: InputTensor[dtype=DType.int8, rank=2, ...],
-        s: InputTensor[dtype=F32, rank=1, ...],
-        b: InputTensor[dtype=F32, rank=1, ...],
-        ctx: DeviceContext,
-    ) raises:
-        matvec[False, True](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), s.unsafe_ptr(),
-                            output.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0))
-
-
-@extensibility.register("gpt2_matvec_add_scaled")
-struct MatVecAddScaled:
-    @staticmethod
-    def execute[target: StaticString](
-        output: OutputTensor[dtype=F32, rank=2, ...],
-        x: InputTensor[dtype=F32, rank=2, ...],
-        w: InputTensor[dtype=DType.int8, rank=2, ...],
-        s: InputTensor[dtype=F32, rank=1, ...],
-        b: InputTensor[dtype=F32, rank=1, ...],
-        r: InputTensor[dtype=F32, rank=2, ...],
-        ctx: DeviceContext,
-    ) raises:
-        matvec[False, True](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), s.unsafe_ptr(),
-                            r.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0), add=True)
-
-
-@extensibility.register("gpt2_norm_matvec_scaled")
-struct NormMatVecScaled[gelu: Bool, epsilon: Float64]:
-    @staticmethod
-    def execute[target: StaticString](
-        output: OutputTensor[dtype=F32, rank=2, ...],
-        x: InputTensor[dtype=F32, rank=2, ...],
-        gamma: InputTensor[dtype=F32, rank=1, ...],
-        beta: InputTensor[dtype=F32, rank=1, ...],
-        w: InputTensor[dtype=DType.int8, rank=2, ...],
-        s: InputTensor[dtype=F32, rank=1, ...],
-        b: InputTensor[dtype=F32, rank=1, ...],
-        ctx: DeviceContext,
-    ) raises:
-        var normed = layer_norm[Self.epsilon](x.unsafe_ptr(), gamma.unsafe_ptr(), beta.unsafe_ptr(), x.dim_size(0),
-                                              x.dim_size(1))
-        matvec[Self.gelu, True](output.unsafe_ptr(), normed, w.unsafe_ptr(), b.unsafe_ptr(), s.unsafe_ptr(),
-                                output.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0))
         normed.unsafe_free()
 
 
