@@ -176,7 +176,7 @@ def product[gelu: Bool](
         while n < n_end:
             for m in range(m_rows):
                 var s = dot(wp.unsafe_offset(n * k_dim), qp.unsafe_offset(m * k_dim), k_dim)
-                store[gelu, True](op, bp, sp, rp, n_dim, add, m, n, Float32(s) * steps[unsafe_offset=m])
+                store[gelu](op, bp, rp, n_dim, add, m, n, Float32(s) * steps[unsafe_offset=m] * sp[unsafe_offset=n])
             n += 1
 
     sync_parallelize(rows, tasks)
@@ -223,7 +223,8 @@ def block[nw: Int, mx: Int, gelu: Bool](
             var s = acc[mx * i + j].reduce_add()
             for k in range(k_vec, k_dim):
                 s += Int32(qp[unsafe_offset=(m + j) * k_dim + k]) * Int32(wp[unsafe_offset=(n + i) * k_dim + k])
-            store[gelu, True](op, bp, sp, rp, n_dim, add, m + j, n + i, Float32(s) * steps[unsafe_offset=m + j])
+            store[gelu](op, bp, rp, n_dim, add, m + j, n + i,
+                        Float32(s) * steps[unsafe_offset=m + j] * sp[unsafe_offset=n + i])
 
 
 @always_inline

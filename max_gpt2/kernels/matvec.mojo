@@ -47,8 +47,8 @@ struct MatVec:
         b: InputTensor[dtype=F32, rank=1, ...],
         ctx: DeviceContext,
     ) raises:
-        matvec[False, False](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), b.unsafe_ptr(),
-                             output.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0))
+        matvec[False](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(),
+                      output.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0))
 
 
 @extensibility.register("gpt2_matvec_add")
@@ -65,8 +65,8 @@ struct MatVecAdd:
         r: InputTensor[dtype=F32, rank=2, ...],
         ctx: DeviceContext,
     ) raises:
-        matvec[False, False](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), b.unsafe_ptr(),
-                             r.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0), add=True)
+        matvec[False](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(),
+                      r.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0), add=True)
 
 
 @extensibility.register("gpt2_norm_matvec")
@@ -86,8 +86,8 @@ struct NormMatVec[gelu: Bool, epsilon: Float64]:
     ) raises:
         var normed = layer_norm[Self.epsilon](x.unsafe_ptr(), gamma.unsafe_ptr(), beta.unsafe_ptr(), x.dim_size(0),
                                               x.dim_size(1))
-        matvec[Self.gelu, False](output.unsafe_ptr(), normed, w.unsafe_ptr(), b.unsafe_ptr(), b.unsafe_ptr(),
-                                 output.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0))
+        matvec[Self.gelu](output.unsafe_ptr(), normed, w.unsafe_ptr(), b.unsafe_ptr(),
+                          output.unsafe_ptr(), x.dim_size(0), x.dim_size(1), w.dim_size(0))
         normed.unsafe_free()
 
 
@@ -114,19 +114,18 @@ def layer_norm[epsilon: Float64](
 
 
 @always_inline
-def matvec[gelu: Bool, scaled: Bool, wdt: DType](
+def matvec[gelu: Bool, wdt: DType](
     op: Pointer[Float32, MutAnyOrigin],
     xp: Pointer[Float32, _],
     wp: Pointer[Scalar[wdt], _],
     bp: Pointer[Float32, _],
-    sp: Pointer[Float32, _],
     rp: Pointer[Float32, _],
     m_rows: Int,
     k_dim: Int,
     n_dim: Int,
     add: Bool = False,
 ):
-    """Computes out[m, n] = (rp[m, n] if add) + act((sp[n] if scaled) * sum_k x[m, k] * w[n, k] + b[n]),
+    """Computes out[m, n] = (rp[m, n] if add) + act(sum_k x[m, k] * w[n, k] + b[n]),
     on every core; w is widened to float32 as it is read."""
     # Contiguous slices of rows, each task streaming its own part of w: four per core, which
     # balance well, or one per core for batches of eight rows or more. Their tiles fetch 32 rows
@@ -143,26 +142,25 @@ def matvec[gelu: Bool, scaled: Bool, wdt: DType](
         # multiply-adds. Four rows of w measured fastest; eight no longer keep their sums in
         # registers.
         if m_rows >= 8:
-            n = tiles[4, 8, gelu, scaled](op, xp, wp, bp, sp, rp, m_rows, k_dim, n_dim, add, n, n_end)
+            n = tiles[4, 8, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
         elif m_rows >= 4:
-            n = tiles[4, 4, gelu, scaled](op, xp, wp, bp, sp, rp, m_rows, k_dim, n_dim, add, n, n_end)
+            n = tiles[4, 4, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
         # Batch 1 (and what is left): one row of w at a time, streamed front to back.
         while n < n_end:
             for m in range(m_rows):
                 var s = dot(wp.unsafe_offset(n * k_dim), xp.unsafe_offset(m * k_dim), k_dim)
-                store[gelu, scaled](op, bp, sp, rp, n_dim, add, m, n, s)
+                store[gelu](op, bp, rp, n_dim, add, m, n, s)
             n += 1
 
     sync_parallelize(rows, tasks)
 
 
 @always_inline
-def tiles[nw: Int, mx: Int, gelu: Bool, scaled: Bool, wdt: DType](
+def tiles[nw: Int, mx: Int, gelu: Bool, wdt: DType](
     op: Pointer[Float32, MutAnyOrigin],
     xp: Pointer[Float32, _],
     wp: Pointer[Scalar[wdt], _],
     bp: Pointer[Float32, _],
-    sp: Pointer[Float32, _],
     rp: Pointer[Float32, _],
     m_rows: Int,
     k_dim: Int,
@@ -178,30 +176,29 @@ def tiles[nw: Int, mx: Int, gelu: Bool, scaled: Bool, wdt: DType](
     while n + nw <= n_end:
         var m = 0
         while m + mx <= m_rows:
-            block[nw, mx, gelu, scaled](op, xp, wp, bp, sp, rp, k_dim, n_dim, add, n, m)
+            block[nw, mx, gelu](op, xp, wp, bp, rp, k_dim, n_dim, add, n, m)
             m += mx
         # The rows left over, a few at a time rather than one by one, which would re-read
         # every row of w for each.
         comptime if mx > 4:
             if m + 4 <= m_rows:
-                block[nw, 4, gelu, scaled](op, xp, wp, bp, sp, rp, k_dim, n_dim, add, n, m)
+                block[nw, 4, gelu](op, xp, wp, bp, rp, k_dim, n_dim, add, n, m)
                 m += 4
         if m + 2 <= m_rows:
-            block[nw, 2, gelu, scaled](op, xp, wp, bp, sp, rp, k_dim, n_dim, add, n, m)
+            block[nw, 2, gelu](op, xp, wp, bp, rp, k_dim, n_dim, add, n, m)
             m += 2
         if m < m_rows:
-            block[nw, 1, gelu, scaled](op, xp, wp, bp, sp, rp, k_dim, n_dim, add, n, m)
+            block[nw, 1, gelu](op, xp, wp, bp, rp, k_dim, n_dim, add, n, m)
         n += nw
     return n
 
 
 @always_inline
-def block[nw: Int, mx: Int, gelu: Bool, scaled: Bool, wdt: DType](
+def block[nw: Int, mx: Int, gelu: Bool, wdt: DType](
     op: Pointer[Float32, MutAnyOrigin],
     xp: Pointer[Float32, _],
     wp: Pointer[Scalar[wdt], _],
     bp: Pointer[Float32, _],
-    sp: Pointer[Float32, _],
     rp: Pointer[Float32, _],
     k_dim: Int,
     n_dim: Int,
@@ -234,14 +231,13 @@ def block[nw: Int, mx: Int, gelu: Bool, scaled: Bool, wdt: DType](
             var s = acc[mx * i + j].reduce_add()
             for k in range(k_vec, k_dim):
                 s += wp[unsafe_offset=(n + i) * k_dim + k].cast[F32]() * xp[unsafe_offset=(m + j) * k_dim + k]
-            store[gelu, scaled](op, bp, sp, rp, n_dim, add, m + j, n + i, s)
+            store[gelu](op, bp, rp, n_dim, add, m + j, n + i, s)
 
 
 @always_inline
-def store[gelu: Bool, scaled: Bool](
+def store[gelu: Bool](
     op: Pointer[Float32, MutAnyOrigin],
     bp: Pointer[Float32, _],
-    sp: Pointer[Float32, _],
     rp: Pointer[Float32, _],
     n_dim: Int,
     add: Bool,
@@ -249,11 +245,8 @@ def store[gelu: Bool, scaled: Bool](
     n: Int,
     s: Float32,
 ):
-    """out[m, n] = (rp[m, n] if add) + act((sp[n] if scaled) * s + b[n])."""
-    var y = s
-    comptime if scaled:
-        y *= sp[unsafe_offset=n]
-    y += bp[unsafe_offset=n]
+    """out[m, n] = (rp[m, n] if add) + act(s + b[n])."""
+    var y = s + bp[unsafe_offset=n]
     comptime if gelu:
         y = 0.5 * y * (1 + tanh(Float32(0.7978845608028654) * (y + Float32(0.044715) * y * y * y)))
     if add:
