@@ -320,6 +320,7 @@ def expected_shapes(config: GPT2Config, precision: Precision = Precision()) -> d
 
 def parameter_dtypes(config: GPT2Config, precision: Precision) -> dict[str, str]:
     """Every parameter's name and the dtype it is held in ("float32", "bfloat16", "int8")."""
+    precision.check(config)
     return {name: t.dtype.name for name, t in _parameters(config, precision)}
 
 

@@ -31,6 +31,8 @@ from max_gpt2.errors import PrecisionError
 DTYPES = ("float32", "bfloat16")
 QUANTIZATIONS = ("int8",)
 SCALE = "_scale"  # appended to a weight's name to name its row scales: `...c_attn.weight_scale`
+# The longest product whose int8 sums kernels/int8.mojo keeps exact in int32 (its comment says why).
+INT8_LONGEST = 8192
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,13 @@ class Precision:
         if self.quantize is not None and self.dtype != "float32":
             raise PrecisionError(f"quantize={self.quantize!r} keeps its other weights in float32 and cannot be "
                                  f"combined with dtype={self.dtype!r}; choose one of them")
+
+    def check(self, config) -> None:
+        """Refuses a model this precision cannot run exactly as documented."""
+        longest = max(config.n_embd, config.inner_dim)
+        if self.quantize == "int8" and longest > INT8_LONGEST:
+            raise PrecisionError(f"int8 sums stay exact for products up to {INT8_LONGEST} long, and this model's "
+                                 f"widest is {longest}: load it in float32 or bfloat16 instead")
 
     @property
     def exact(self) -> bool:

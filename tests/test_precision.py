@@ -288,6 +288,18 @@ def test_an_int8_state_is_not_taken_for_float32(hub):
         GPT2(hub.config, state)
 
 
+def test_int8_refuses_a_product_longer_than_its_sums_stay_exact_for():
+    from max_gpt2 import GPT2
+    from max_gpt2.config import GPT2Config
+    from max_gpt2.errors import PrecisionError
+
+    wide = GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2, n_inner=8200)
+    with pytest.raises(PrecisionError, match="int8 sums stay exact for products up to 8192 long, and this "
+                                             "model's widest is 8200: load it in float32 or bfloat16"):
+        GPT2(wide, {}, quantize="int8")
+    GPT2(wide, {}, dtype="bfloat16")  # a wide model is refused by int8 only (no weights: nothing to convert)
+
+
 def test_matvec_takes_a_scale_with_an_int8_weight_and_only_then():
     f32 = lambda *shape: TensorType(DType.float32, shape, device=CPU())  # noqa: E731
     int8 = TensorType(DType.int8, [4, 8], device=CPU())
