@@ -124,9 +124,11 @@ class GPT2Decode(GPT2Prefill):
         h = self.project(x, mlp.c_fc, norm=block.ln_2, act=mlp.activation_function)
         return self.project(h, mlp.c_proj, residual=x), k, v
 
-    def project(self, x, linear: Linear, *, norm=None, act: str | None = None, residual=None):
-        """residual + act(linear(norm(x))), each part optional, in one launch where it can be."""
-        if not self.kernels:
+    def project(self, x, linear: Linear, *, norm=None, act: str | None = None, residual=None,
+                kernels: bool | None = None):
+        """residual + act(linear(norm(x))), each part optional, in one launch where it can be;
+        `kernels` overrides the module's choice for this projection."""
+        if not (self.kernels if kernels is None else kernels):
             y = linear(norm(x) if norm is not None else x)
             y = activation(y, act) if act else y
             return y + residual if residual is not None else y
@@ -134,9 +136,9 @@ class GPT2Decode(GPT2Prefill):
         y = matvec(x, linear.weight, linear.bias, scale=row_scales(linear), norm=norm, gelu=gelu, residual=residual)
         return activation(y, act) if act and not gelu else y
 
-    def final_logits(self, x: Tensor) -> Tensor:
+    def final_logits(self, x: Tensor, kernels: bool | None = None) -> Tensor:
         """ln_f, then the LM head: one launch on a CPU."""
-        if not self.kernels:
+        if not (self.kernels if kernels is None else kernels):
             return self.head(self.transformer.ln_f(x))
         table = self.transformer.wte if self.config.tie_word_embeddings else self.lm_head
         return matvec(x, table.weight, scale=row_scales(table), norm=self.transformer.ln_f)

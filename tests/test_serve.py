@@ -96,7 +96,9 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(checkpoint):
-    s = Server(checkpoint[0])
+    # Room for more requests in one decode batch than max_gpt2.serve.network.KERNEL_ROWS, so
+    # that the load test also runs the projections of a large batch (MAX's matmul branch).
+    s = Server(checkpoint[0], max_batch_size=32)
     try:
         s.wait_ready()
         yield s

@@ -3,7 +3,8 @@
 Written for MAX 26.7 (its ModuleV3 pipeline API: `ModuleV3PipelineModelWithKVCache`, the
 ragged batch processor, `KVCacheInputs`); another MAX release may move these names.
 
-- `network`: our modules (max_gpt2/model.py) over MAX's paged key/value cache.
+- `network`: our modules (max_gpt2/model.py) over MAX's paged key/value cache, projecting
+  through our decode kernels (max_gpt2/decode.py) when a batch has few rows.
 - `architecture`: what `max serve` needs around them: the config, the weight adapter (ours,
   max_gpt2/weights.py), the pipeline model, and the registration `GPT2LMHeadModel`.
 - `launch`: the `max-gpt2 serve` command, which starts `max serve` with this architecture.

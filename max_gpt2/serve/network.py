@@ -2,10 +2,16 @@
 
 MAX Serve hands the model one flat row of tokens for the whole batch (`tokens`, N of them)
 and `row_offsets` saying where each request's tokens start; a request's earlier tokens are
-already in the paged cache. Only attention changes: it stores the new keys and values into
+already in the paged cache. Attention changes: it stores the new keys and values into
 the cache pages and attends through MAX's ragged flash attention with a causal mask. The
 embeddings, layer norms, MLP, projections and the tied head are max_gpt2.model's, under the
 same parameter names, so our weight adapter's state dict loads as it is.
+
+The projections and the head run as in our own engine's decode step (max_gpt2/decode.py:
+our kernels, with the layer norm, GELU or residual in the same launch) when the batch has
+few rows, and as MAX's matmul when it has many: a decode batch is one row per request and
+streams the weights, a prefill's hundreds of rows are compute-bound, where MAX's blocked
+matmul is faster. The graph holds both and picks one per run.
 
 Shapes in comments: N tokens in the batch, B requests, C n_embd, H heads, D head dim, V vocabulary.
 """
@@ -18,30 +24,36 @@ from max.driver import CPU
 from max.dtype import DType
 from max.experimental.nn import ModuleList
 from max.experimental.nn.common_layers.functional_kernels import flash_attention_ragged, store_k_cache_ragged
-from max.experimental.tensor import Tensor
+from max.experimental.tensor import Tensor, TensorType
+from max.graph import TensorValue
 from max.nn import kernels
 from max.nn.attention import MHAMaskVariant
 from max.nn.kv_cache import KVCacheInputsPerDevice, KVCacheParams, PagedCacheValues
 from max.pipelines.lib import ModuleV3Outputs
 
 from max_gpt2.config import GPT2Config
-from max_gpt2.model import GPT2Attention, GPT2Block, GPT2LMHeadModel
+from max_gpt2.decode import GPT2Decode
+from max_gpt2.model import GPT2Attention, GPT2Block
+
+# Most rows a projection sends through our kernels, more to MAX's matmul: where they cross on a CPU.
+KERNEL_ROWS = 16
 
 # MAX 26.7 wraps only the key store for its experimental API; the value store is the same kernel.
 store_v_cache_ragged = F.functional(kernels.store_v_cache_ragged)
 
 
 class GPT2PagedAttention(GPT2Attention):
-    """GPT-2's attention (its fused c_attn, c_proj and scale) over the paged cache."""
+    """GPT-2's attention over the paged cache: from c_attn's output to the heads' output,
+    before c_proj (the block runs both projections, so that each can take its kernel)."""
 
     def __init__(self, config: GPT2Config, layer_idx: int, kv_params: KVCacheParams) -> None:
         super().__init__(config, layer_idx)
         self.layer_idx = layer_idx
         self.kv_params = kv_params
 
-    def forward(self, x: Tensor, kv: PagedCacheValues, row_offsets: Tensor) -> Tensor:
+    def forward(self, qkv: Tensor, kv: PagedCacheValues, row_offsets: Tensor) -> Tensor:
         c = self.n_head * self.head_dim
-        q, k, v = F.split(self.c_attn(x), [c, c, c], axis=1)  # (N, C) each
+        q, k, v = F.split(qkv, [c, c, c], axis=1)  # (N, C) each
         heads = (-1, self.n_head, self.head_dim)  # (N, H, D)
         layer = F.constant(self.layer_idx, DType.uint32, device=CPU())
         store_k_cache_ragged(kv, k.reshape(heads), row_offsets, layer)
@@ -49,7 +61,7 @@ class GPT2PagedAttention(GPT2Attention):
         out = flash_attention_ragged(self.kv_params, input=q.reshape(heads), input_row_offsets=row_offsets,
                                      kv_collection=kv, layer_idx=layer, mask_variant=MHAMaskVariant.CAUSAL_MASK,
                                      scale=self.scale)  # (N, H, D)
-        return self.c_proj(out.reshape((-1, c)))
+        return out.reshape((-1, c))  # (N, C)
 
 
 class GPT2PagedBlock(GPT2Block):
@@ -57,13 +69,18 @@ class GPT2PagedBlock(GPT2Block):
         super().__init__(config, layer_idx)
         self.attn = GPT2PagedAttention(config, layer_idx, kv_params)
 
-    def forward(self, x: Tensor, kv: PagedCacheValues, row_offsets: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x), kv, row_offsets)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: Tensor, kv: PagedCacheValues, row_offsets: Tensor, project) -> Tensor:
+        """GPT2Block.forward over the cache; `project` is GPT2PagedLMHeadModel.project."""
+        attn, mlp = self.attn, self.mlp
+        out = attn(project(x, attn.c_attn, norm=self.ln_1), kv, row_offsets)
+        x = project(out, attn.c_proj, residual=x)
+        h = project(x, mlp.c_fc, norm=self.ln_2, act=mlp.activation_function)
+        return project(h, mlp.c_proj, residual=x)
 
 
-class GPT2PagedLMHeadModel(GPT2LMHeadModel):
-    """GPT2LMHeadModel with paged blocks; its inputs are those of MAX's ragged batch processor."""
+class GPT2PagedLMHeadModel(GPT2Decode):
+    """GPT2LMHeadModel with paged blocks, projecting as GPT2Decode does for few rows; its
+    inputs are those of MAX's ragged batch processor."""
 
     def __init__(self, config: GPT2Config, kv_params: KVCacheParams) -> None:
         super().__init__(config)
@@ -79,10 +96,33 @@ class GPT2PagedLMHeadModel(GPT2LMHeadModel):
         gpt = self.transformer
         cached = Tensor.from_graph_value(kv.cache_lengths)
         x = gpt.wte(tokens) + gpt.wpe(positions(row_offsets, cached, tokens.shape[0]))  # (N, C)
+        # A weight enters the graph where it is first used; used first inside one branch of a
+        # cond, the other branch could not see it. So every weight enters here, above them.
+        for _, weight in self.parameters:
+            TensorValue(weight)
+        few = few_rows(x)
         for block in gpt.h:
-            x = block(x, kv, row_offsets)
+            x = block(x, kv, row_offsets, lambda *a, **k: self.project_rows(few, *a, **k))
         last = F.gather(x, row_offsets[1:] - 1, axis=0)  # (B, C): each request's last token
-        return ModuleV3Outputs(next_token_logits=self.head(gpt.ln_f(last)))  # (B, V)
+        return ModuleV3Outputs(next_token_logits=self.final_rows(last))  # (B, V)
+
+    def project_rows(self, few: Tensor, x: Tensor, linear, **parts) -> Tensor:
+        """GPT2Decode.project by our kernels if `few`, else by MAX's ops."""
+        out = TensorType(x.dtype, [x.shape[0], linear.weight.shape[0]], device=x.device)
+        return F.cond(few, [out], lambda: TensorValue(self.project(x, linear, kernels=True, **parts)),
+                      lambda: TensorValue(self.project(x, linear, kernels=False, **parts)))[0]
+
+    def final_rows(self, x: Tensor) -> Tensor:
+        """ln_f and the head, by our kernels when the batch has few requests."""
+        out = TensorType(x.dtype, [x.shape[0], self.config.vocab_size], device=x.device)
+        return F.cond(few_rows(x), [out], lambda: TensorValue(self.final_logits(x, kernels=True)),
+                      lambda: TensorValue(self.final_logits(x, kernels=False)))[0]
+
+
+def few_rows(x: Tensor) -> Tensor:
+    """Whether x has few enough rows for our kernels: a scalar bool on the host, as a cond needs."""
+    rows = F.shape_to_tensor([x.shape[0]])  # (1) int64
+    return (rows <= KERNEL_ROWS).reshape([])
 
 
 def positions(row_offsets: Tensor, cached: Tensor, n) -> Tensor:
