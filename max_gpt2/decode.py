@@ -108,13 +108,19 @@ class KernelLinear(Module):
 
 
 class GPT2KernelPrefill(GPT2Prefill):
-    """GPT2Prefill for float32 weights on a CPU, its Linear modules by `linear`: a short prompt
-    (the time to a first token) goes through our matvec, which is faster than MAX's matmul for
-    few rows, and a long one through MAX's matmul as before."""
+    """GPT2Prefill for float32 weights on a CPU, its Linear modules and its head by `linear`: a
+    short prompt (the time to a first token) goes through our matvec, which is faster than MAX's
+    matmul for few rows, and a long one through MAX's matmul as before. The head sees one row
+    per prompt, so a batch of up to FEW_ROWS prompts takes matvec there at any length."""
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
         replace(self, lambda name, module: KernelLinear(module) if isinstance(module, Linear) else None)
+
+    def head(self, x: Tensor) -> Tensor:
+        if self.config.tie_word_embeddings:
+            return linear(x, self.transformer.wte.weight)
+        return self.lm_head(x)  # a KernelLinear
 
 
 def decode_attention(qkv: Tensor, past_k: Tensor, past_v: Tensor, key_mask: Tensor, scale: float):
