@@ -1,5 +1,6 @@
 """The decode graph: one new token per row against a cache the caller keeps, and the wrappers
-of our Mojo kernels (max_gpt2/kernels) that run it on a CPU.
+of our Mojo kernels (max_gpt2/kernels) that run it on a CPU; also the float32 prefill graph
+whose projections take the same kernels for a short prompt (`GPT2KernelPrefill`).
 
 A decode step reads all the weights to do two flops per weight, so its speed is the speed at
 which the weights stream from memory. MAX's general matmul blocks for compute, which is right
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import max.experimental.functional as F
 from max.dtype import DType
-from max.experimental.nn import Linear
+from max.experimental.nn import Linear, Module
 from max.experimental.tensor import Tensor, TensorType
 from max.graph import Dim
 
 from max_gpt2.config import TANH_GELU, GPT2Config
 from max_gpt2.graphs import kernel_library
 from max_gpt2.model import GPT2Block, GPT2Prefill, LayerNorm, activation
+from max_gpt2.narrow import replace
 
 
 def matvec(
@@ -48,26 +50,77 @@ def matvec(
         raise ValueError("matvec: gelu=True needs norm= (the kernel applies GELU only after a layer norm)")
     if residual is not None and norm is not None:
         raise ValueError("matvec: residual= and norm= cannot be combined in one kernel launch")
-    *lead, k = x.shape
     n = weight.shape[0]
-    rows = x.reshape([-1, k])  # (R, K)
-    if bias is None:
-        bias = F.broadcast_to(Tensor(0.0, dtype=x.dtype, device=x.device), [n])
-    out_type = TensorType(x.dtype, [rows.shape[0], n], device=x.device)
+    bias = bias if bias is not None else zeros(n, x)
     if (scale is not None) != (weight.dtype == DType.int8):
         raise ValueError("matvec: an int8 weight needs scale=, and only an int8 weight takes one")
     # The int8 kernels take the scales right after the weight, and are named for them.
     product, suffix = ([weight, scale], "_scaled") if scale is not None else ([weight], "")
     if norm is not None:
-        name, inputs = "gpt2_norm_matvec", [rows, norm.weight, norm.bias, *product, bias]
+        name, inputs = "gpt2_norm_matvec", [norm.weight, norm.bias, *product, bias]
         parameters = {"gelu": gelu, "epsilon": float(norm.eps)}
     elif residual is not None:
-        name, inputs, parameters = "gpt2_matvec_add", [rows, *product, bias, residual.reshape([-1, n])], None
+        name, inputs, parameters = "gpt2_matvec_add", [*product, bias, residual.reshape([-1, n])], None
     else:
-        name, inputs, parameters = "gpt2_matvec", [rows, *product, bias], None
-    out = F.custom(name + suffix, x.device, inputs, [out_type], parameters=parameters,
+        name, inputs, parameters = "gpt2_matvec", [*product, bias], None
+    return per_row(name + suffix, x, n, inputs, parameters)
+
+
+# The most rows (batch x new tokens) that `linear` takes through our matvec; more take MAX's
+# matmul. Where the two cross on GPT-2's projections on a CPU with AVX-512; a CPU with other
+# vector widths or caches may cross elsewhere.
+FEW_ROWS = 24
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ weight.T + bias in float32 for any number of rows, by our `gpt2_linear`
+    (kernels/linear.mojo): our matvec up to FEW_ROWS rows, MAX's matmul for more, chosen as the
+    graph runs, so that one graph serves short and long prompts."""
+    n = weight.shape[0]
+    return per_row("gpt2_linear", x, n, [weight, bias if bias is not None else zeros(n, x)],
+                   {"few_rows": FEW_ROWS})
+
+
+def per_row(name: str, x: Tensor, n, inputs: list, parameters: dict | None = None) -> Tensor:
+    """Our kernel `name` on the rows of x (..., K), then `inputs`: (..., N)."""
+    *lead, k = x.shape
+    rows = x.reshape([-1, k])  # (R, K)
+    out_type = TensorType(x.dtype, [rows.shape[0], n], device=x.device)
+    out = F.custom(name, x.device, [rows, *inputs], [out_type], parameters=parameters,
                    custom_extensions=kernel_library())[0]
     return out.reshape([*lead, n])
+
+
+def zeros(n, like: Tensor) -> Tensor:
+    """A bias of n zeros, for a product that has none."""
+    return F.broadcast_to(Tensor(0.0, dtype=like.dtype, device=like.device), [n])
+
+
+class KernelLinear(Module):
+    """A float32 Linear whose product is `linear`, our kernel, on a CPU."""
+
+    def __init__(self, module: Linear) -> None:
+        self.weight = module.weight
+        self.bias = module.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias if isinstance(self.bias, Tensor) else None)
+
+
+class GPT2KernelPrefill(GPT2Prefill):
+    """GPT2Prefill for float32 weights on a CPU, its Linear modules and its head by `linear`: a
+    short prompt (the time to a first token) goes through our matvec, which is faster than MAX's
+    matmul for few rows, and a long one through MAX's matmul as before. The head sees one row
+    per prompt, so a batch of up to FEW_ROWS prompts takes matvec there at any length."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        replace(self, lambda name, module: KernelLinear(module) if isinstance(module, Linear) else None)
+
+    def head(self, x: Tensor) -> Tensor:
+        if self.config.tie_word_embeddings:
+            return linear(x, self.transformer.wte.weight)
+        return self.lm_head(x)  # a KernelLinear
 
 
 def decode_attention(qkv: Tensor, past_k: Tensor, past_v: Tensor, key_mask: Tensor, scale: float):

@@ -4,7 +4,8 @@ Three graphs, each compiled once, on first use (or by `compile()`), with symboli
 that no batch size or length ever recompiles:
 - logits: input_ids ("batch", "seqlen") -> logits for every position (`GPT2LMHeadModel`);
 - prefill: a prompt's tokens plus an empty cache -> the next token's logits and the keys and
-  values to cache (`model.GPT2Prefill`);
+  values to cache (`model.GPT2Prefill`; with float32 weights on a CPU `decode.GPT2KernelPrefill`,
+  whose projections take our kernels for a short prompt);
 - decode: one new token per row against the cache -> the next logits and that token's keys and
   values (`decode.GPT2Decode`; on a CPU it runs our Mojo kernels and reads the cache in place).
 The text API (generate, complete, stream) comes from `text.TextAPI`.
@@ -46,8 +47,9 @@ class GPT2(TextAPI):
         progress: Callable[[str], None] | None = None,
     ) -> None:
         """`dtype` and `quantize`: how the weights are held (max_gpt2/precision.py); a float32
-        `state` is converted. `decode_kernels`: run decode steps with our Mojo kernels (default:
-        on a CPU, where they are faster; an accelerator runs MAX's ops)."""
+        `state` is converted. `decode_kernels`: run decode steps, and the projections of a float32
+        prefill, with our Mojo kernels (default: on a CPU, where they are faster; an accelerator
+        runs MAX's ops)."""
         self.config = config
         self.path = path  # the checkpoint's local folder or file, None for an in-memory one
         self.precision = Precision(dtype, quantize)
@@ -139,7 +141,7 @@ class GPT2(TextAPI):
     def _compile(self, name: str):
         import time
 
-        from max_gpt2.decode import GPT2Decode
+        from max_gpt2.decode import GPT2Decode, GPT2KernelPrefill
         from max_gpt2.graphs import compile_module
         from max_gpt2.model import GPT2LMHeadModel, GPT2Prefill
 
@@ -151,7 +153,9 @@ class GPT2(TextAPI):
             compiled = compile_module(GPT2LMHeadModel, self.config, [self._type(np.int64, "batch", "seqlen")],
                                       weights, device=self.device, precision=precision)
         elif name == "prefill":
-            compiled = compile_module(GPT2Prefill, self.config, self._step_types("seqlen"), weights,
+            # Narrow weights reach our kernels through their own modules (max_gpt2/narrow.py).
+            prefill = GPT2KernelPrefill if self.decode_kernels and precision.exact else GPT2Prefill
+            compiled = compile_module(prefill, self.config, self._step_types("seqlen"), weights,
                                       device=self.device, precision=precision)
         elif name == "decode":
             compiled = compile_module(GPT2Decode, self.config, self._step_types(1), weights,

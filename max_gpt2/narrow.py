@@ -17,14 +17,25 @@ def narrow(model: Module, precision: Precision) -> Module:
     """`model` with each Linear, and each Embedding `precision` narrows, replaced in place."""
     if precision.exact:
         return model
+
+    def narrower(name: str, module: Module) -> Module | None:
+        if isinstance(module, Linear):
+            return NarrowLinear(module, precision)
+        if isinstance(module, Embedding) and (name == "wte" or precision.quantize is None):
+            return NarrowEmbedding(module, precision)
+        return None
+
+    return replace(model, narrower)
+
+
+def replace(model: Module, swap) -> Module:
+    """`model` with each module for which `swap(name, module)` returns another replaced in
+    place by that one, under the same name (so the same state dict loads)."""
     modules = dict(model.descendants)
     for path, module in modules.items():
-        parent, _, attr = path.rpartition(".")
-        owner = modules[parent] if parent else model
-        if isinstance(module, Linear):
-            setattr(owner, attr, NarrowLinear(module, precision))
-        elif isinstance(module, Embedding) and (attr == "wte" or precision.quantize is None):
-            setattr(owner, attr, NarrowEmbedding(module, precision))
+        parent, _, name = path.rpartition(".")
+        if (new := swap(name, module)) is not None:
+            setattr(modules[parent] if parent else model, name, new)
     return model
 
 

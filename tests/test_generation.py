@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from max_gpt2 import GPT2, Sampling, cache
+from max_gpt2.decode import FEW_ROWS
 from max_gpt2.errors import GenerationError
 from max_gpt2.reference import reference_greedy
 from max_gpt2.sampling import SettingsError, probabilities
@@ -68,6 +69,26 @@ def test_decode_logits_equal_a_full_recompute_at_every_step(hub, batch, monkeypa
             row.append(int(t))
         logits = generation.step(nxt)
     generation.close()
+
+
+@pytest.mark.parametrize("batch, length", [(1, FEW_ROWS - 1), (1, FEW_ROWS + 1), (8, FEW_ROWS // 8), (8, FEW_ROWS // 8 + 1)],
+                         ids=["one prompt by matvec", "one prompt by matmul", "eight by matvec", "eight by matmul"])
+def test_prefill_logits_equal_a_full_recompute_on_both_sides_of_few_rows(hub, batch, length):
+    """A float32 prefill's projections take our matvec for up to FEW_ROWS rows (batch x tokens)
+    and MAX's matmul for more; either way its logits are the logits graph's."""
+    model = hub.model
+    rng = np.random.default_rng(length)
+    rows = rng.integers(0, hub.config.vocab_size, (batch, length)).tolist()
+    generation = model.start(rows)
+    for row, got in zip(rows, generation.logits):
+        assert np.abs(got - model.logits([row])[0, -1]).max() <= 1e-4
+    generation.close()
+
+
+def test_greedy_after_a_prompt_longer_than_few_rows_equals_transformers(hub):
+    prompt = hub.model.tokenizer.encode(" ".join(PROMPTS * 3))
+    assert len(prompt) > FEW_ROWS
+    assert_greedy_equals_transformers(hub, prompt, 32)
 
 
 def test_generation_allocates_its_cache_once(hub, monkeypatch):

@@ -21,7 +21,7 @@ from max.dtype import DType  # noqa: E402
 from max.experimental import compilation  # noqa: E402
 from max.experimental.tensor import Tensor, TensorType  # noqa: E402
 
-from max_gpt2.decode import decode_attention, matvec  # noqa: E402
+from max_gpt2.decode import FEW_ROWS, decode_attention, linear, matvec  # noqa: E402
 
 # K: two 16-lane vectors and 8 left over, or 1000, wider than 768 as the MLP's c_proj (3072)
 # is. N: rows of w, which the kernel splits into one slice per core (batches of 8 rows or more)
@@ -68,6 +68,7 @@ def graphs():
 
     return {
         "plain": compiled(lambda x, w, b: matvec(x, w, b), f32("rows", "k"), f32(N, "k"), f32(N)),
+        "linear": compiled(lambda x, w, b: linear(x, w, b), f32("rows", "k"), f32(N, "k"), f32(N)),
         "residual": compiled(lambda x, w, b, r: matvec(x, w, b, residual=r),
                              f32("rows", "k"), f32(N, "k"), f32(N), f32("rows", N)),
         "norm_gelu": normed(True),  # ln_2, c_fc and its GELU
@@ -91,6 +92,16 @@ def test_matvec_equals_numpy(graphs, weights, rows):
     np.testing.assert_allclose(normed, expected, rtol=1e-4, atol=1e-4)
     (normed,) = run(graphs["norm_gelu"], x, w, b, gamma, beta)
     np.testing.assert_allclose(normed, gelu(expected), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 9, FEW_ROWS - 1, FEW_ROWS, FEW_ROWS + 1, 2 * FEW_ROWS + 3])
+def test_linear_equals_numpy_on_both_sides_of_its_few_rows(graphs, weights, rows):
+    """Up to FEW_ROWS rows by matvec (with its remainders), more by MAX's matmul with our bias
+    added as it finishes each tile (N = 1029 leaves a partial vector at the end of every row)."""
+    w, b, _, _ = weights
+    x = np.random.default_rng(rows).standard_normal((rows, w.shape[1]), dtype=np.float32)
+    (out,) = run(graphs["linear"], x, w, b)
+    np.testing.assert_allclose(out, x @ w.T + b, rtol=1e-5, atol=1e-5)
 
 
 def test_decode_attention_equals_numpy():
