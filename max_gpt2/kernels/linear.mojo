@@ -38,7 +38,7 @@ struct Linear[few_rows: Int]:
         var op = output.unsafe_ptr()
         var bp = b.unsafe_ptr()
         if m_rows <= Self.few_rows:
-            matvec[False, False](op, x.unsafe_ptr(), w.unsafe_ptr(), bp, bp, op, m_rows, k_dim, n_dim)
+            matvec[False](op, x.unsafe_ptr(), w.unsafe_ptr(), bp, op, m_rows, k_dim, n_dim)
             return
 
         # The bias is added as each tile of out is finished, while it is in cache, not in a
