@@ -38,8 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-new-tokens", type=int, default=64, metavar="N",
                    help="tokens generated per sequence in the throughput run (default: 64)")
     p.add_argument("--rounds", type=int, metavar="N",
-                   help="rounds of the workloads over the engines, kept loaded; ours and torch-eager run in "
-                        "every round, the others in the first; figures are medians (default: 5; 2 with --quick)")
+                   help="rounds of the workloads over the engines, kept loaded; ours, torch-eager and the peers "
+                        "run in every round, the others in the first; figures are medians (default: 5; 2 with --quick)")
     p.add_argument("--no-cold", action="store_true",
                    help="skip the cold-cache compile (each takes minutes); compile_s_cold is then null")
     p.add_argument("--timeout", type=float, default=600, metavar="S",
