@@ -103,7 +103,13 @@ def apply(plan: list[Move], tensors: Mapping[str, np.ndarray], what: str,
         except ValueError as e:  # numpy's words for a shape that cannot be split, squeezed or joined
             shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(move.stored, arrays))
             raise CheckpointError(f"this {what} does not fit GPT-2: {move.ours} cannot be made from {shapes} ({e})") from None
-        made = convert(move.ours, value) if convert else {move.ours: contiguous(value)}
+        if convert is None:
+            made = {move.ours: contiguous(value)}
+        else:
+            # A float32 view (a transposed one) is copied on every core, in blocks, before it is
+            # narrowed: cast straight from the view, a large one is read a column at a time, on
+            # one core. Another dtype (a bfloat16 file) goes to `convert` as it is stored.
+            made = convert(move.ours, contiguous(value) if value.dtype == np.float32 else value)
         state.update(made)
         if copied is not None:
             for array in arrays:
