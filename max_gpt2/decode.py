@@ -37,10 +37,15 @@ def matvec(
     norm: LayerNorm | None = None,
     gelu: bool = False,
     residual: Tensor | None = None,
+    few_rows: int | None = None,
 ) -> Tensor:
     """x @ weight.T + bias by our kernels, for few rows: (..., K) with weight [N, K] -> (..., N).
     The weight is float32 or bfloat16, or int8 with `scale` [N], each row's scale (see
     max_gpt2/precision.py); x and the result are float32.
+
+    With `few_rows`, a bfloat16 weight takes this matvec for up to that many rows and, for more,
+    bfloat16 dot products on x rounded to bfloat16 (kernels/bf16.mojo), chosen as the graph runs:
+    a prompt's many rows. Without it (a decode step's few rows), matvec at every count.
 
     In the same launch, one of: `norm` (a LayerNorm) applied to x first, then GELU (tanh form)
     after if `gelu`; or `residual` added to the result. The kernels have no other combination,
@@ -56,13 +61,18 @@ def matvec(
         raise ValueError("matvec: an int8 weight needs scale=, and only an int8 weight takes one")
     # The int8 kernels take the scales right after the weight, and are named for them.
     product, suffix = ([weight, scale], "_scaled") if scale is not None else ([weight], "")
+    many = {}
+    if few_rows is not None:
+        if weight.dtype != DType.bfloat16:
+            raise ValueError("matvec: few_rows= is for a bfloat16 weight (the other kernels have no many-row path)")
+        suffix, many = "_bf16", {"few_rows": few_rows}
     if norm is not None:
         name, inputs = "gpt2_norm_matvec", [norm.weight, norm.bias, *product, bias]
-        parameters = {"gelu": gelu, "epsilon": float(norm.eps)}
+        parameters = {**many, "gelu": gelu, "epsilon": float(norm.eps)}
     elif residual is not None:
-        name, inputs, parameters = "gpt2_matvec_add", [*product, bias, residual.reshape([-1, n])], None
+        name, inputs, parameters = "gpt2_matvec_add", [*product, bias, residual.reshape([-1, n])], many or None
     else:
-        name, inputs, parameters = "gpt2_matvec", [*product, bias], None
+        name, inputs, parameters = "gpt2_matvec", [*product, bias], many or None
     return per_row(name + suffix, x, n, inputs, parameters)
 
 
@@ -70,6 +80,9 @@ def matvec(
 # matmul. Where the two cross on GPT-2's projections on a CPU with AVX-512; a CPU with other
 # vector widths or caches may cross elsewhere.
 FEW_ROWS = 24
+# The same for bfloat16 weights: up to this many rows our matvec (x in float32), more the
+# bfloat16 dot products of kernels/bf16.mojo.
+BF16_FEW_ROWS = 24
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

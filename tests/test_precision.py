@@ -23,7 +23,7 @@ from max.driver import CPU  # noqa: E402
 from max.dtype import DType  # noqa: E402
 from max.experimental.tensor import Tensor, TensorType  # noqa: E402
 
-from max_gpt2.decode import matvec  # noqa: E402
+from max_gpt2.decode import BF16_FEW_ROWS, matvec  # noqa: E402
 from max_gpt2.precision import bfloat16, for_max, quantize_rows  # noqa: E402
 from tests.test_kernels import KS, N, ROWS, compiled, gelu  # noqa: E402
 
@@ -33,17 +33,19 @@ def run(graph, *arrays) -> list[np.ndarray]:
     return [np.from_dlpack(o).copy() for o in out]
 
 
-def kernel_graph(weight: DType):
+def kernel_graph(weight: DType, few_rows: int | None = None):
     """Every matvec kernel in one graph (one compile per weight dtype), rows and K symbolic:
-    plain, with a residual, after a layer norm, after a layer norm and then GELU."""
+    plain, with a residual, after a layer norm, after a layer norm and then GELU; with
+    `few_rows`, the bfloat16 kernels that choose by the number of rows (kernels/bf16.mojo)."""
     f32 = lambda *shape: TensorType(DType.float32, shape, device=CPU())  # noqa: E731
     w_type = TensorType(weight, [N, "k"], device=CPU())
 
     def graph(x, w, b, r, gamma, beta, *scale):
         s = scale[0] if scale else None
         norm = SimpleNamespace(weight=gamma, bias=beta, eps=1e-6)  # matvec reads a LayerNorm's weight, bias and eps
-        return (matvec(x, w, b, scale=s), matvec(x, w, b, scale=s, residual=r),
-                matvec(x, w, b, scale=s, norm=norm), matvec(x, w, b, scale=s, norm=norm, gelu=True))
+        f = dict(scale=s, few_rows=few_rows)
+        return (matvec(x, w, b, **f), matvec(x, w, b, **f, residual=r),
+                matvec(x, w, b, **f, norm=norm), matvec(x, w, b, **f, norm=norm, gelu=True))
 
     scale = [f32(N)] if weight == DType.int8 else []
     return compiled(graph, f32("rows", "k"), w_type, f32(N), f32("rows", N), f32("k"), f32("k"), *scale)
@@ -99,6 +101,50 @@ def test_narrow_matvec_equals_numpy_on_the_same_narrow_weights(graphs, weights, 
     expected = product(((x - mean) / np.sqrt(var + 1e-6) * gamma + beta).astype(np.float32)) + b
     np.testing.assert_allclose(normed, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(normed_gelu, gelu(expected), rtol=1e-4, atol=1e-4)
+
+
+# Rows of x on both sides of BF16_FEW_ROWS: at it (matvec, x in float32), and above it in blocks of
+# four with each remainder (1, 2, 2 + 1, none); CHUNKED rows, at K=1000 two chunks of x
+# (kernels/bf16.mojo: as many rows as stay in L2), the last with the remainders 2 + 1. N (1029)
+# leaves each core's slice of w rows after its tiles of four.
+PROMPT_ROWS = [BF16_FEW_ROWS, BF16_FEW_ROWS + 1, BF16_FEW_ROWS + 2, BF16_FEW_ROWS + 3, BF16_FEW_ROWS + 4, CHUNKED]
+
+
+@pytest.fixture(scope="module")
+def prompt_graph():
+    return kernel_graph(DType.bfloat16, few_rows=BF16_FEW_ROWS)
+
+
+@pytest.mark.parametrize("rows", PROMPT_ROWS)
+def test_bfloat16_prompt_products_equal_numpy_on_x_rounded_to_bfloat16(prompt_graph, weights, rows):
+    """Above BF16_FEW_ROWS rows, x is rounded to bfloat16 (to nearest, ties to even) and
+    multiplied in bfloat16 dot products: numpy on the same rounded x (ml_dtypes rounds the same
+    way) and the same weights, summed in float64, agrees to float32 summation order's
+    tolerance. At BF16_FEW_ROWS and below x stays float32 (the matvec kernels), which the same
+    comparison would miss by the rounding of x, far more than the tolerance, as would a
+    truncated rather than rounded x, a dropped remainder of K, of the rows of x or of w, or a
+    dropped bias."""
+    w, b, gamma, beta = weights
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, w.shape[1]), dtype=np.float32)
+    x[rows // 2] = 0
+    r = rng.standard_normal((rows, N), dtype=np.float32)
+    held = w.astype(bfloat16())
+    many = rows > BF16_FEW_ROWS
+
+    def product(x):
+        x = x.astype(bfloat16()) if many else x
+        return x.astype(np.float64) @ held.astype(np.float64).T
+
+    plain, residual, normed, normed_gelu = run(prompt_graph, x, held, b, r, gamma, beta)
+    np.testing.assert_allclose(plain, product(x) + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(residual, r + product(x) + b, rtol=1e-5, atol=1e-5)
+    # After a layer norm (float32 in a different order here) a value of x may round to the
+    # neighbouring bfloat16, a part in 2^8 of one term: the tolerance allows a few such.
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    expected = product(((x - mean) / np.sqrt(var + 1e-6) * gamma + beta).astype(np.float32)) + b
+    np.testing.assert_allclose(normed, expected, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(normed_gelu, gelu(expected), rtol=1e-3, atol=1e-3)
 
 
 def int8_product(x: np.ndarray, q: np.ndarray, scale: np.ndarray) -> np.ndarray:
