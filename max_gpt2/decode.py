@@ -81,7 +81,9 @@ def matvec(
 # vector widths or caches may cross elsewhere.
 FEW_ROWS = 24
 # The same for bfloat16 weights: up to this many rows our matvec (x in float32), more the
-# bfloat16 dot products of kernels/bf16.mojo.
+# bfloat16 dot products of kernels/bf16.mojo. About where the two cross on GPT-2's projections on
+# a CPU with AVX-512 BF16; the crossing was not sharp enough on a shared machine to move it from
+# float32's.
 BF16_FEW_ROWS = 24
 
 

@@ -21,7 +21,7 @@ from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.memory import alloc
-from std.sys import llvm_intrinsic
+from std.sys import CompilationTarget, llvm_intrinsic
 from std.sys.info import num_physical_cores
 from std.sys.intrinsics import prefetch
 
@@ -90,8 +90,16 @@ struct NormMatVecBF16[few_rows: Int, gelu: Bool, epsilon: Float64]:
 
 @always_inline
 def dot2(acc: SIMD[F32, 16], x: SIMD[BF16, V], w: SIMD[BF16, V]) -> SIMD[F32, 16]:
-    """Returns acc plus the sums of adjacent pairs of x * w (vdpbf16ps)."""
-    return llvm_intrinsic["llvm.x86.avx512bf16.dpbf16ps.512", SIMD[F32, 16]](acc, x, w)
+    """Returns acc plus the sums of adjacent pairs of x * w: vdpbf16ps, or on a CPU without it
+    the same sums by float32 multiply-adds on the widened values, so that the kernels build
+    everywhere."""
+    comptime if CompilationTarget._has_feature["avx512bf16"]():
+        return llvm_intrinsic["llvm.x86.avx512bf16.dpbf16ps.512", SIMD[F32, 16]](acc, x, w)
+    else:
+        var xs = x.deinterleave()  # (even lanes, odd lanes): the pairs' first and second terms
+        var ws = w.deinterleave()
+        var first = xs[0].cast[F32]().fma(ws[0].cast[F32](), acc)
+        return xs[1].cast[F32]().fma(ws[1].cast[F32](), first)
 
 
 def rounded(xp: Pointer[Float32, _], m_rows: Int, k_dim: Int) -> Pointer[BFloat16, MutUntrackedOrigin]:
