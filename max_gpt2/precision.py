@@ -2,7 +2,9 @@
 
 Only the weights are narrow. Activations, biases and layer norms stay float32, and a narrow
 weight is used as it is held by our kernels as they stream it: a bfloat16 one widened to float32
-in registers (kernels/matvec.mojo); an int8 one in integer dot products with the rows of x
+in registers (kernels/matvec.mojo), or, for a prompt's many rows, in bfloat16 dot products with
+x rounded to bfloat16 for the product (kernels/bf16.mojo: a relative error of at most 2^-8 per
+value of x, as the weights'); an int8 one in integer dot products with the rows of x
 written as int16 digits, a step per row, for the length of the product (kernels/int8.mojo says
 why, and why the digits cost no agreement). That is in every graph on a CPU, prefill and logits
 as well as decode (see
