@@ -74,9 +74,10 @@ def narrow_product(x: Tensor, module: Module, bias=0) -> Tensor:
     """x @ module.weight.T + bias for a narrow weight (an int8 row's sum times its scale).
 
     On a CPU by our kernels (max_gpt2/decode.py), which read the narrow rows as they are, for
-    any number of rows; a prompt's many rows against bfloat16 weights in bfloat16 dot products. Widened in the graph instead (a cast, then MAX's matmul), the weights
-    are cast once by MAX as the graph loads, and the float32 copies stay beside the narrow ones:
-    the memory narrowing is meant to save. An accelerator, which our kernels are not written
+    any number of rows (a prompt's many rows against bfloat16 weights in bfloat16 dot products).
+    Widened in the graph instead (a cast, then MAX's matmul), the weights are cast once by MAX as
+    the graph loads, and the float32 copies stay beside the narrow ones: the memory narrowing is
+    meant to save. An accelerator, which our kernels are not written
     for, gets the cast.
     """
     scale = getattr(module, "weight_scale", None)
