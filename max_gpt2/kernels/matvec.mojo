@@ -3,9 +3,10 @@
 # At one token per row, every projection of GPT-2 reads its whole weight matrix to do two flops
 # per weight, so decoding is bound by how fast the weights stream from memory. MAX's general
 # matmul blocks for compute and reads them well below streaming speed. These kernels stream each
-# weight row once, front to back, and use it for every row of x while it is in L1. A float32
-# prefill takes them for a short prompt and MAX's matmul for a long one (linear.mojo); narrow
-# weights (below) take these kernels in every graph (max_gpt2/narrow.py says why).
+# weight row once, front to back, and use it for every row of x while it is in L1. Float32
+# weights take them for few rows and MAX's matmul for many, chosen as the graph runs
+# (linear.mojo); narrow weights (below) take these kernels in every graph (max_gpt2/narrow.py
+# says why).
 #
 # Each kernel launch also has a fixed scheduling cost near what a small projection takes to
 # read, so the pieces around the projections of a block are done in the same launch: the layer
