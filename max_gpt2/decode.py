@@ -31,7 +31,7 @@ from max_gpt2.narrow import replace
 # The most rows (batch x new tokens) that a float32 projection takes through our matvec; more
 # take MAX's matmul (kernels/linear.mojo). Where the two cross on GPT-2's projections on a CPU
 # with AVX-512; a CPU with other vector widths or caches may cross elsewhere.
-FEW_ROWS = 24
+FEW_ROWS = 32
 
 
 def matvec(
