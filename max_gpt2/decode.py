@@ -28,6 +28,12 @@ from max_gpt2.model import GPT2Block, GPT2Prefill, LayerNorm, activation
 from max_gpt2.narrow import replace
 
 
+# The most rows (batch x new tokens) that a float32 projection takes through our matvec; more
+# take MAX's matmul (kernels/linear.mojo). Where the two cross on GPT-2's projections on a CPU
+# with AVX-512; a CPU with other vector widths or caches may cross elsewhere.
+FEW_ROWS = 32
+
+
 def matvec(
     x: Tensor,
     weight: Tensor,
@@ -39,9 +45,9 @@ def matvec(
     residual: Tensor | None = None,
     few_rows: int | None = None,
 ) -> Tensor:
-    """x @ weight.T + bias by our kernels, for few rows: (..., K) with weight [N, K] -> (..., N).
-    The weight is float32 or bfloat16, or int8 with `scale` [N], each row's scale (see
-    max_gpt2/precision.py); x and the result are float32.
+    """x @ weight.T + bias by our kernels: (..., K) with weight [N, K] -> (..., N). The weight is
+    float32 or bfloat16, or int8 with `scale` [N], each row's scale (see max_gpt2/precision.py);
+    x and the result are float32.
 
     With `few_rows`, a bfloat16 weight takes this matvec for up to that many rows and, for more,
     bfloat16 dot products on x rounded to bfloat16 (kernels/bf16.mojo), chosen as the graph runs:
@@ -50,6 +56,11 @@ def matvec(
     In the same launch, one of: `norm` (a LayerNorm) applied to x first, then GELU (tanh form)
     after if `gelu`; or `residual` added to the result. The kernels have no other combination,
     so any other is refused rather than half done.
+
+    Float32 weights take our matrix-vector kernels up to FEW_ROWS rows and MAX's matmul for
+    more, chosen as the graph runs (kernels/linear.mojo), so one graph serves a decode step and
+    a long prompt. int8 weights always take their matrix-vector kernels, and bfloat16 ones unless
+    `few_rows` says otherwise (max_gpt2/narrow.py).
     """
     if gelu and norm is None:
         raise ValueError("matvec: gelu=True needs norm= (the kernel applies GELU only after a layer norm)")
@@ -61,39 +72,29 @@ def matvec(
         raise ValueError("matvec: an int8 weight needs scale=, and only an int8 weight takes one")
     # The int8 kernels take the scales right after the weight, and are named for them.
     product, suffix = ([weight, scale], "_scaled") if scale is not None else ([weight], "")
-    many = {}
+    if weight.dtype == DType.float32:  # the kernels that choose matvec or matmul by the rows
+        names, parameters = ("gpt2_norm_linear", "gpt2_linear_add", "gpt2_linear"), {"few_rows": FEW_ROWS}
+    else:
+        names, parameters = ("gpt2_norm_matvec", "gpt2_matvec_add", "gpt2_matvec"), {}
     if few_rows is not None:
         if weight.dtype != DType.bfloat16:
-            raise ValueError("matvec: few_rows= is for a bfloat16 weight (the other kernels have no many-row path)")
-        suffix, many = "_bf16", {"few_rows": few_rows}
+            raise ValueError("matvec: few_rows= is for a bfloat16 weight (float32 has FEW_ROWS, int8 no many-row path)")
+        suffix, parameters = "_bf16", {"few_rows": few_rows}
     if norm is not None:
-        name, inputs = "gpt2_norm_matvec", [norm.weight, norm.bias, *product, bias]
-        parameters = {**many, "gelu": gelu, "epsilon": float(norm.eps)}
+        name, inputs = names[0], [norm.weight, norm.bias, *product, bias]
+        parameters |= {"gelu": gelu, "epsilon": float(norm.eps)}
     elif residual is not None:
-        name, inputs, parameters = "gpt2_matvec_add", [*product, bias, residual.reshape([-1, n])], many or None
+        name, inputs = names[1], [*product, bias, residual.reshape([-1, n])]
     else:
-        name, inputs, parameters = "gpt2_matvec", [*product, bias], many or None
-    return per_row(name + suffix, x, n, inputs, parameters)
+        name, inputs = names[2], [*product, bias]
+    return per_row(name + suffix, x, n, inputs, parameters or None)
 
 
-# The most rows (batch x new tokens) that `linear` takes through our matvec; more take MAX's
-# matmul. Where the two cross on GPT-2's projections on a CPU with AVX-512; a CPU with other
-# vector widths or caches may cross elsewhere.
-FEW_ROWS = 24
 # The same for bfloat16 weights: up to this many rows our matvec (x in float32), more the
 # bfloat16 dot products of kernels/bf16.mojo. About where the two cross on GPT-2's projections on
 # a CPU with AVX-512 BF16; the crossing was not sharp enough on a shared machine to move it from
-# float32's.
+# float32's earlier 24.
 BF16_FEW_ROWS = 24
-
-
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x @ weight.T + bias in float32 for any number of rows, by our `gpt2_linear`
-    (kernels/linear.mojo): our matvec up to FEW_ROWS rows, MAX's matmul for more, chosen as the
-    graph runs, so that one graph serves short and long prompts."""
-    n = weight.shape[0]
-    return per_row("gpt2_linear", x, n, [weight, bias if bias is not None else zeros(n, x)],
-                   {"few_rows": FEW_ROWS})
 
 
 def per_row(name: str, x: Tensor, n, inputs: list, parameters: dict | None = None) -> Tensor:
@@ -112,18 +113,18 @@ def zeros(n, like: Tensor) -> Tensor:
 
 
 class KernelLinear(Module):
-    """A float32 Linear whose product is `linear`, our kernel, on a CPU."""
+    """A float32 Linear whose product is `matvec`: our kernels for few rows, MAX's matmul for many."""
 
     def __init__(self, module: Linear) -> None:
         self.weight = module.weight
         self.bias = module.bias
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias if isinstance(self.bias, Tensor) else None)
+        return matvec(x, self.weight, self.bias if isinstance(self.bias, Tensor) else None)
 
 
 class GPT2KernelPrefill(GPT2Prefill):
-    """GPT2Prefill for float32 weights on a CPU, its Linear modules and its head by `linear`: a
+    """GPT2Prefill for float32 weights on a CPU, its Linear modules and its head by `matvec`: a
     short prompt (the time to a first token) goes through our matvec, which is faster than MAX's
     matmul for few rows, and a long one through MAX's matmul as before. The head sees one row
     per prompt, so a batch of up to FEW_ROWS prompts takes matvec there at any length."""
@@ -134,7 +135,7 @@ class GPT2KernelPrefill(GPT2Prefill):
 
     def head(self, x: Tensor) -> Tensor:
         if self.config.tie_word_embeddings:
-            return linear(x, self.transformer.wte.weight)
+            return matvec(x, self.transformer.wte.weight)
         return self.lm_head(x)  # a KernelLinear
 
 

@@ -21,7 +21,7 @@ from max.dtype import DType  # noqa: E402
 from max.experimental import compilation  # noqa: E402
 from max.experimental.tensor import Tensor, TensorType  # noqa: E402
 
-from max_gpt2.decode import FEW_ROWS, decode_attention, linear, matvec  # noqa: E402
+from max_gpt2.decode import FEW_ROWS, decode_attention, matvec  # noqa: E402
 
 # K: two 16-lane vectors and 8 left over, or 1000, wider than 768 as the MLP's c_proj (3072)
 # is. N: rows of w, which the kernel splits into one slice per core (batches of 8 rows or more)
@@ -68,7 +68,6 @@ def graphs():
 
     return {
         "plain": compiled(lambda x, w, b: matvec(x, w, b), f32("rows", "k"), f32(N, "k"), f32(N)),
-        "linear": compiled(lambda x, w, b: linear(x, w, b), f32("rows", "k"), f32(N, "k"), f32(N)),
         "residual": compiled(lambda x, w, b, r: matvec(x, w, b, residual=r),
                              f32("rows", "k"), f32(N, "k"), f32(N), f32("rows", N)),
         "norm_gelu": normed(True),  # ln_2, c_fc and its GELU
@@ -76,32 +75,44 @@ def graphs():
     }
 
 
-@pytest.mark.parametrize("rows", ROWS)
-def test_matvec_equals_numpy(graphs, weights, rows):
+def expected(kind, x, w, b, gamma, beta, r):
+    """What each kernel should compute, in numpy."""
+    if kind == "plain":
+        return x @ w.T + b
+    if kind == "residual":
+        return r + x @ w.T + b
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    y = ((x - mean) / np.sqrt(var + 1e-6) * gamma + beta) @ w.T + b
+    return gelu(y) if kind == "norm_gelu" else y
+
+
+def check(graphs, weights, kind, rows):
     w, b, gamma, beta = weights
     rng = np.random.default_rng(rows)
     x = rng.standard_normal((rows, w.shape[1]), dtype=np.float32)
     r = rng.standard_normal((rows, N), dtype=np.float32)
-    (plain,) = run(graphs["plain"], x, w, b)
-    np.testing.assert_allclose(plain, x @ w.T + b, rtol=1e-5, atol=1e-5)
-    (residual,) = run(graphs["residual"], x, w, b, r)
-    np.testing.assert_allclose(residual, r + x @ w.T + b, rtol=1e-5, atol=1e-5)
-    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-    expected = ((x - mean) / np.sqrt(var + 1e-6) * gamma + beta) @ w.T + b
-    (normed,) = run(graphs["norm"], x, w, b, gamma, beta)
-    np.testing.assert_allclose(normed, expected, rtol=1e-4, atol=1e-4)
-    (normed,) = run(graphs["norm_gelu"], x, w, b, gamma, beta)
-    np.testing.assert_allclose(normed, gelu(expected), rtol=1e-4, atol=1e-4)
+    inputs = {"plain": (x, w, b), "residual": (x, w, b, r)}.get(kind, (x, w, b, gamma, beta))
+    (out,) = run(graphs[kind], *inputs)
+    tolerance = 1e-5 if kind in ("plain", "residual") else 1e-4
+    np.testing.assert_allclose(out, expected(kind, x, w, b, gamma, beta, r), rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize("rows", [1, 9, FEW_ROWS - 1, FEW_ROWS, FEW_ROWS + 1, 2 * FEW_ROWS + 3])
-def test_linear_equals_numpy_on_both_sides_of_its_few_rows(graphs, weights, rows):
-    """Up to FEW_ROWS rows by matvec (with its remainders), more by MAX's matmul with our bias
-    added as it finishes each tile (N = 1029 leaves a partial vector at the end of every row)."""
-    w, b, _, _ = weights
-    x = np.random.default_rng(rows).standard_normal((rows, w.shape[1]), dtype=np.float32)
-    (out,) = run(graphs["linear"], x, w, b)
-    np.testing.assert_allclose(out, x @ w.T + b, rtol=1e-5, atol=1e-5)
+KINDS = ["plain", "residual", "norm", "norm_gelu"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rows", ROWS)
+def test_matvec_equals_numpy(graphs, weights, kind, rows):
+    check(graphs, weights, kind, rows)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rows", [FEW_ROWS - 1, FEW_ROWS, FEW_ROWS + 1, 2 * FEW_ROWS + 3])
+def test_every_kernel_equals_numpy_on_both_sides_of_its_few_rows(graphs, weights, kind, rows):
+    """Float32 projections take matvec up to FEW_ROWS rows and MAX's matmul for more, with the
+    bias, GELU and residual applied as each tile finishes (N = 1029 leaves a partial vector at
+    the end of every row) and the layer norm done before: each part on both sides."""
+    check(graphs, weights, kind, rows)
 
 
 def test_decode_attention_equals_numpy():

@@ -96,8 +96,8 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(checkpoint):
-    # Room for more requests in one decode batch than max_gpt2.serve.network.KERNEL_ROWS, so
-    # that the load test also runs the projections of a large batch (MAX's matmul branch).
+    # Room for more requests in one decode batch than max_gpt2.decode.FEW_ROWS, so that the
+    # load test also runs the projections of a large batch (MAX's matmul, in our kernels).
     s = Server(checkpoint[0], max_batch_size=32)
     try:
         s.wait_ready()

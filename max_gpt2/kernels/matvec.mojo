@@ -3,9 +3,10 @@
 # At one token per row, every projection of GPT-2 reads its whole weight matrix to do two flops
 # per weight, so decoding is bound by how fast the weights stream from memory. MAX's general
 # matmul blocks for compute and reads them well below streaming speed. These kernels stream each
-# weight row once, front to back, and use it for every row of x while it is in L1. A float32
-# prefill takes them for a short prompt and MAX's matmul for a long one (linear.mojo); narrow
-# weights (below) take these kernels in every graph (max_gpt2/narrow.py says why).
+# weight row once, front to back, and use it for every row of x while it is in L1. Float32
+# weights take them for few rows and MAX's matmul for many, chosen as the graph runs
+# (linear.mojo); narrow weights (below) take these kernels in every graph (max_gpt2/narrow.py
+# says why).
 #
 # Each kernel launch also has a fixed scheduling cost near what a small projection takes to
 # read, so the pieces around the projections of a block are done in the same launch: the layer
@@ -248,10 +249,16 @@ def store[gelu: Bool](
     """out[m, n] = (rp[m, n] if add) + act(s + b[n])."""
     var y = s + bp[unsafe_offset=n]
     comptime if gelu:
-        y = 0.5 * y * (1 + tanh(Float32(0.7978845608028654) * (y + Float32(0.044715) * y * y * y)))
+        y = gelu_tanh(y)
     if add:
         y += rp[unsafe_offset=m * n_dim + n]
     op[unsafe_offset=m * n_dim + n] = y
+
+
+@always_inline
+def gelu_tanh[width: SIMDLength](y: SIMD[F32, width]) -> SIMD[F32, width]:
+    """GELU in the tanh form GPT-2 was trained with (HF's gelu_new), on `width` lanes at once."""
+    return 0.5 * y * (1 + tanh(0.7978845608028654 * (y + 0.044715 * y * y * y)))
 
 
 @always_inline

@@ -7,11 +7,11 @@ the cache pages and attends through MAX's ragged flash attention with a causal m
 embeddings, layer norms, MLP, projections and the tied head are max_gpt2.model's, under the
 same parameter names, so our weight adapter's state dict loads as it is.
 
-The projections and the head run as in our own engine's decode step (max_gpt2/decode.py:
-our kernels, with the layer norm, GELU or residual in the same launch) when the batch has
-few rows, and as MAX's matmul when it has many: a decode batch is one row per request and
-streams the weights, a prefill's hundreds of rows are compute-bound, where MAX's blocked
-matmul is faster. The graph holds both and picks one per run.
+The projections and the head run as in our own engine's decode step (max_gpt2/decode.py's
+`matvec`: the layer norm, GELU or residual in the same launch). Its kernels choose by the
+batch's rows as it runs: our matrix-vector product for a decode batch, one row per request,
+which streams the weights; MAX's matmul for a prefill's hundreds of rows, which are
+compute-bound.
 
 Shapes in comments: N tokens in the batch, B requests, C n_embd, H heads, D head dim, V vocabulary.
 """
@@ -24,8 +24,7 @@ from max.driver import CPU
 from max.dtype import DType
 from max.experimental.nn import ModuleList
 from max.experimental.nn.common_layers.functional_kernels import flash_attention_ragged, store_k_cache_ragged
-from max.experimental.tensor import Tensor, TensorType
-from max.graph import TensorValue
+from max.experimental.tensor import Tensor
 from max.nn import kernels
 from max.nn.attention import MHAMaskVariant
 from max.nn.kv_cache import KVCacheInputsPerDevice, KVCacheParams, PagedCacheValues
@@ -34,9 +33,6 @@ from max.pipelines.lib import ModuleV3Outputs
 from max_gpt2.config import GPT2Config
 from max_gpt2.decode import GPT2Decode
 from max_gpt2.model import GPT2Attention, GPT2Block
-
-# Most rows a projection sends through our kernels, more to MAX's matmul: where they cross on a CPU.
-KERNEL_ROWS = 16
 
 # MAX 26.7 wraps only the key store for its experimental API; the value store is the same kernel.
 store_v_cache_ragged = F.functional(kernels.store_v_cache_ragged)
@@ -79,8 +75,8 @@ class GPT2PagedBlock(GPT2Block):
 
 
 class GPT2PagedLMHeadModel(GPT2Decode):
-    """GPT2LMHeadModel with paged blocks, projecting as GPT2Decode does for few rows; its
-    inputs are those of MAX's ragged batch processor."""
+    """GPT2LMHeadModel with paged blocks, projecting as GPT2Decode does; its inputs are those
+    of MAX's ragged batch processor."""
 
     def __init__(self, config: GPT2Config, kv_params: KVCacheParams) -> None:
         super().__init__(config)
@@ -96,33 +92,10 @@ class GPT2PagedLMHeadModel(GPT2Decode):
         gpt = self.transformer
         cached = Tensor.from_graph_value(kv.cache_lengths)
         x = gpt.wte(tokens) + gpt.wpe(positions(row_offsets, cached, tokens.shape[0]))  # (N, C)
-        # A weight enters the graph where it is first used; used first inside one branch of a
-        # cond, the other branch could not see it. So every weight enters here, above them.
-        for _, weight in self.parameters:
-            TensorValue(weight)
-        few = few_rows(x)
         for block in gpt.h:
-            x = block(x, kv, row_offsets, lambda *a, **k: self.project_rows(few, *a, **k))
+            x = block(x, kv, row_offsets, self.project)
         last = F.gather(x, row_offsets[1:] - 1, axis=0)  # (B, C): each request's last token
-        return ModuleV3Outputs(next_token_logits=self.final_rows(last))  # (B, V)
-
-    def project_rows(self, few: Tensor, x: Tensor, linear, **parts) -> Tensor:
-        """GPT2Decode.project by our kernels if `few`, else by MAX's ops."""
-        out = TensorType(x.dtype, [x.shape[0], linear.weight.shape[0]], device=x.device)
-        return F.cond(few, [out], lambda: TensorValue(self.project(x, linear, kernels=True, **parts)),
-                      lambda: TensorValue(self.project(x, linear, kernels=False, **parts)))[0]
-
-    def final_rows(self, x: Tensor) -> Tensor:
-        """ln_f and the head, by our kernels when the batch has few requests."""
-        out = TensorType(x.dtype, [x.shape[0], self.config.vocab_size], device=x.device)
-        return F.cond(few_rows(x), [out], lambda: TensorValue(self.final_logits(x, kernels=True)),
-                      lambda: TensorValue(self.final_logits(x, kernels=False)))[0]
-
-
-def few_rows(x: Tensor) -> Tensor:
-    """Whether x has few enough rows for our kernels: a scalar bool on the host, as a cond needs."""
-    rows = F.shape_to_tensor([x.shape[0]])  # (1) int64
-    return (rows <= KERNEL_ROWS).reshape([])
+        return ModuleV3Outputs(next_token_logits=self.final_logits(last))  # (B, V)
 
 
 def positions(row_offsets: Tensor, cached: Tensor, n) -> Tensor:
