@@ -8,7 +8,8 @@
 # w as it is, is faster for them. The number of rows is known only when the graph runs (a
 # prefill's prompt length, a served batch's tokens), so the choice is made here, at run time,
 # and one compiled graph serves every batch: a second graph would be a second compile, and a
-# graph holding both with a branch per projection pays for the branches on every step.
+# graph holding both needs a branch per projection, both sides compiled, every weight entered
+# above the branches (the served graph did so until the branches gave way to these kernels).
 
 import extensibility
 from extensibility import InputTensor, OutputTensor

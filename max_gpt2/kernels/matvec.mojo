@@ -95,23 +95,50 @@ struct NormMatVec[gelu: Bool, epsilon: Float64]:
 def layer_norm[epsilon: Float64](
     xp: Pointer[Float32, _], gp: Pointer[Float32, _], bp: Pointer[Float32, _], m_rows: Int, k_dim: Int
 ) -> Pointer[Float32, MutUntrackedOrigin]:
-    """The rows of x layer-normed into new memory (the caller frees it): a few rows of k_dim
-    numbers, normed once, here, then shared by every task of the product."""
+    """The rows of x layer-normed into new memory (the caller frees it): normed once, here, then
+    shared by every task of the product. In vectors of W, and a prompt's many rows (linear.mojo
+    takes them to MAX's matmul) on every core; a decode step's few rows are not worth waking the
+    other core for."""
     var normed = alloc[Float32](m_rows * k_dim)
-    for m in range(m_rows):
-        var mean = Float32(0)
-        for k in range(k_dim):
-            mean += xp[unsafe_offset=m * k_dim + k]
-        mean /= Float32(k_dim)
-        var var_ = Float32(0)
-        for k in range(k_dim):
-            var d = xp[unsafe_offset=m * k_dim + k] - mean
-            var_ += d * d
-        var rstd = 1 / sqrt(var_ / Float32(k_dim) + Float32(epsilon))
-        for k in range(k_dim):
-            var d = xp[unsafe_offset=m * k_dim + k] - mean
-            normed[unsafe_offset=m * k_dim + k] = d * rstd * gp[unsafe_offset=k] + bp[unsafe_offset=k]
+    var tasks = num_physical_cores() if m_rows >= 16 else 1
+    var per_task = (m_rows + tasks - 1) // tasks
+
+    def rows(task: Int) {imm}:
+        for m in range(task * per_task, min((task + 1) * per_task, m_rows)):
+            var xr = xp.unsafe_offset(m * k_dim)
+            var out = normed.unsafe_offset(m * k_dim)
+            var mean = row_sum[False](xr, 0, k_dim) / Float32(k_dim)
+            var rstd = 1 / sqrt(row_sum[True](xr, mean, k_dim) / Float32(k_dim) + Float32(epsilon))
+            var k = 0
+            while k + W <= k_dim:
+                var d = xr.unsafe_load[width=W](k) - mean
+                out.unsafe_store(k, d * rstd * gp.unsafe_load[width=W](k) + bp.unsafe_load[width=W](k))
+                k += W
+            for kk in range(k, k_dim):
+                out[unsafe_offset=kk] = (xr[unsafe_offset=kk] - mean) * rstd * gp[unsafe_offset=kk] + bp[unsafe_offset=kk]
+
+    sync_parallelize(rows, tasks)
     return normed
+
+
+@always_inline
+def row_sum[squares: Bool](xr: Pointer[Float32, _], mean: Float32, k_dim: Int) -> Float32:
+    """Sum over one row of x[k] - mean, or of its squares if `squares`, in vectors of W."""
+    var acc = SIMD[F32, W](0)
+    var k = 0
+    while k + W <= k_dim:
+        var d = xr.unsafe_load[width=W](k) - mean
+        comptime if squares:
+            d = d * d
+        acc += d
+        k += W
+    var s = acc.reduce_add()
+    for kk in range(k, k_dim):
+        var d = xr[unsafe_offset=kk] - mean
+        comptime if squares:
+            d = d * d
+        s += d
+    return s
 
 
 @always_inline
