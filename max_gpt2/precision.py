@@ -1,13 +1,14 @@
 """Weights held narrower than float32: bfloat16, or int8 with one float32 scale per output row.
 
-Only the weights are narrow. Activations, biases and layer norms stay float32, and a narrow
-weight is used as it is held by our kernels as they stream it: a bfloat16 one widened to float32
-in registers (kernels/matvec.mojo), or, for a prompt's many rows, in bfloat16 dot products with
-x rounded to bfloat16 for the product (kernels/bf16.mojo: a relative error of at most 2^-8 per
-value of x, as the weights'); an int8 one in integer dot products with the rows of x
-written as int16 digits, a step per row, for the length of the product (kernels/int8.mojo says
-why, and why the digits cost no agreement). That is in every graph on a CPU, prefill and logits
-as well as decode (see
+Only the weights are held narrow. Activations, biases and layer norms stay float32 between
+operations, and a narrow weight is used as it is held, by our kernels as they stream it:
+- a bfloat16 one widened to float32 in registers (kernels/matvec.mojo); for a prompt's many
+  rows, in bfloat16 dot products with x rounded to bfloat16 for the product alone
+  (kernels/bf16.mojo: at most 2^-8 of each value of x, as the weights' own rounding);
+- an int8 one in integer dot products with the rows of x written as int16 digits, a step per
+  row, for the length of the product (kernels/int8.mojo says why, and why the digits cost no
+  agreement).
+That is in every graph on a CPU, prefill and logits as well as decode (see
 narrow.narrow_product for why not a cast before MAX's matmul). A decode step is bound by the
 bytes of weight it reads, which is what narrowing saves. The modules that hold narrow weights
 are in max_gpt2/narrow.py; this module is the choice itself and the arrays (light: the command
