@@ -77,13 +77,11 @@ def narrow_product(x: Tensor, module: Module, bias=0) -> Tensor:
     any number of rows (a prompt's many rows against bfloat16 weights in bfloat16 dot products).
     Widened in the graph instead (a cast, then MAX's matmul), the weights are cast once by MAX as
     the graph loads, and the float32 copies stay beside the narrow ones: the memory narrowing is
-    meant to save. An accelerator, which our kernels are not written
-    for, gets the cast.
+    meant to save. An accelerator, which our kernels are not written for, gets the cast.
     """
     scale = getattr(module, "weight_scale", None)
     if x.device.is_host:
-        # on use: decode.py imports model.py, which imports this
-        from max_gpt2.decode import BF16_FEW_ROWS, matvec
+        from max_gpt2.decode import BF16_FEW_ROWS, matvec  # on use: decode.py imports model.py, which imports this
 
         few_rows = BF16_FEW_ROWS if module.weight.dtype == DType.bfloat16 else None
         return matvec(x, module.weight, bias if isinstance(bias, Tensor) else None, scale=scale, few_rows=few_rows)

@@ -4,7 +4,8 @@ Written for MAX 26.7 (its ModuleV3 pipeline API: `ModuleV3PipelineModelWithKVCac
 ragged batch processor, `KVCacheInputs`); another MAX release may move these names.
 
 - `network`: our modules (max_gpt2/model.py) over MAX's paged key/value cache, projecting
-  through our decode kernels (max_gpt2/decode.py) when a batch has few rows.
+  through our engine's kernels (max_gpt2/decode.py's `matvec`), which take our matrix-vector
+  product for a batch of few rows and MAX's matmul for more.
 - `architecture`: what `max serve` needs around them: the config, the weight adapter (ours,
   max_gpt2/weights.py), the pipeline model, and the registration `GPT2LMHeadModel`.
 - `launch`: the `max-gpt2 serve` command, which starts `max serve` with this architecture.
