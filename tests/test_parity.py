@@ -149,10 +149,9 @@ def test_verify_passes_on_the_real_thing(hub):
     assert "✓ greedy tokens" in report.getvalue()
 
 
-def test_logits_match_at_the_full_124m_configuration(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gpt2-124m")
-    reference = make_checkpoint(path, GPT2Config(), "hub", initializer_range=0.02, tokenizer=False)
-    model = GPT2.from_pretrained(path)
+def test_logits_match_at_the_full_124m_configuration(tmp_path):
+    reference = make_checkpoint(tmp_path, GPT2Config(), "hub", initializer_range=0.02, tokenizer=False)
+    model = GPT2.from_pretrained(tmp_path)
     assert model.num_parameters == 124_439_808  # as published for gpt2
     ids = np.random.default_rng(0).integers(0, 50257, (2, 24))
     assert np.abs(model.logits(ids) - reference_logits(reference, ids)).max() <= TOLERANCE
