@@ -325,6 +325,32 @@ def test_narrow_greedy_tokens_equal_transformers_on_the_same_narrow_weights(narr
     assert [int(t[0]) for t in model.generate_tokens([prompt], 32)] == theirs
 
 
+@pytest.mark.parametrize("batch", [1, 5], ids=["one row", "tiles of four rows and one left"])
+def test_narrow_decode_logits_equal_a_full_recompute_at_every_step(narrow, hub, batch):
+    """Decode steps (for int8 one launch per block, kernels/block.mojo) against the prompt path
+    recomputing the whole sequence, for 12 steps. Both read the same narrow weights in the same
+    kernels' arithmetic (a batch's prompts, padded to the longest, stay under BF16_FEW_ROWS rows,
+    so bfloat16's x is not rounded in either), so only the order of float32 sums differs: float32's tolerance of
+    tests/test_generation.py; for int8 plus what the rounding of x to digits may move the logits
+    in each (`digits_bound`, twice), since x differs in its last bits between the two. A part of
+    the block skipped or fed the wrong input is off by far more."""
+    kind, model, _ = narrow
+    prompts = ["Once upon a time", "Dear Sir,", "Chapter 1", "The sky", "Hello"]
+    rows = [hub.model.tokenizer.encode(p) for p in prompts[:batch]]
+    assert batch * max(map(len, rows)) <= BF16_FEW_ROWS
+    generation = model.start(rows)
+    logits = generation.logits
+    tolerance = 1e-4 + (2 * digits_bound(model, logits) if kind == "int8" else 0)
+    for _ in range(12):
+        for row, got in zip(rows, logits):
+            assert np.abs(got - model.logits([row])[0, -1]).max() <= tolerance, tolerance
+        nxt = logits.argmax(axis=-1)
+        for row, t in zip(rows, nxt):
+            row.append(int(t))
+        logits = generation.step(nxt)
+    generation.close()
+
+
 # --- what cannot run --------------------------------------------------------------------------
 
 
