@@ -52,7 +52,8 @@ def matvec(
 
     With `few_rows`, a bfloat16 weight takes this matvec for up to that many rows and, for more,
     bfloat16 dot products on x rounded to bfloat16 (kernels/bf16.mojo), chosen as the graph runs:
-    a prompt's many rows. Without it (a decode step's few rows), matvec at every count.
+    a prompt's many rows, in a bare product (no norm or residual). Without it (a decode step's
+    few rows), matvec at every count.
 
     In the same launch, one of: `norm` (a LayerNorm) applied to x first, then GELU (tanh form)
     after if `gelu`; or `residual` added to the result. The kernels have no other combination,
@@ -80,6 +81,8 @@ def matvec(
     if few_rows is not None:
         if weight.dtype != DType.bfloat16:
             raise ValueError("matvec: few_rows= is for a bfloat16 weight (float32 has FEW_ROWS, int8 no many-row path)")
+        if norm is not None or residual is not None:
+            raise ValueError("matvec: few_rows= is for a bare product (a prompt's projections are not fused)")
         suffix, parameters = "_bf16", {"few_rows": few_rows}
     if norm is not None:
         name, inputs = names[0], [norm.weight, norm.bias, *product, bias]

@@ -25,7 +25,7 @@ from std.sys import CompilationTarget, llvm_intrinsic
 from std.sys.info import num_physical_cores
 from std.sys.intrinsics import prefetch
 
-from .matvec import AHEAD, FETCH, layer_norm, matvec, store
+from .matvec import AHEAD, FETCH, matvec
 
 comptime F32 = DType.float32
 comptime BF16 = DType.bfloat16
@@ -46,46 +46,8 @@ struct MatVecBF16[few_rows: Int]:
         b: InputTensor[dtype=F32, rank=1, ...],
         ctx: DeviceContext,
     ) raises:
-        product[False](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), output.unsafe_ptr(),
-                       x.dim_size(0), x.dim_size(1), w.dim_size(0), Self.few_rows)
-
-
-@extensibility.register("gpt2_matvec_add_bf16")
-struct MatVecAddBF16[few_rows: Int]:
-    """The same plus r: a block's output projection and its residual connection."""
-
-    @staticmethod
-    def execute[target: StaticString](
-        output: OutputTensor[dtype=F32, rank=2, ...],
-        x: InputTensor[dtype=F32, rank=2, ...],
-        w: InputTensor[dtype=BF16, rank=2, ...],
-        b: InputTensor[dtype=F32, rank=1, ...],
-        r: InputTensor[dtype=F32, rank=2, ...],
-        ctx: DeviceContext,
-    ) raises:
-        product[False](output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), r.unsafe_ptr(),
-                       x.dim_size(0), x.dim_size(1), w.dim_size(0), Self.few_rows, add=True)
-
-
-@extensibility.register("gpt2_norm_matvec_bf16")
-struct NormMatVecBF16[few_rows: Int, gelu: Bool, epsilon: Float64]:
-    """The same on layer_norm(x), then GELU (tanh form) if `gelu`."""
-
-    @staticmethod
-    def execute[target: StaticString](
-        output: OutputTensor[dtype=F32, rank=2, ...],
-        x: InputTensor[dtype=F32, rank=2, ...],
-        gamma: InputTensor[dtype=F32, rank=1, ...],
-        beta: InputTensor[dtype=F32, rank=1, ...],
-        w: InputTensor[dtype=BF16, rank=2, ...],
-        b: InputTensor[dtype=F32, rank=1, ...],
-        ctx: DeviceContext,
-    ) raises:
-        var normed = layer_norm[Self.epsilon](x.unsafe_ptr(), gamma.unsafe_ptr(), beta.unsafe_ptr(), x.dim_size(0),
-                                              x.dim_size(1))
-        product[Self.gelu](output.unsafe_ptr(), normed, w.unsafe_ptr(), b.unsafe_ptr(), output.unsafe_ptr(),
-                           x.dim_size(0), x.dim_size(1), w.dim_size(0), Self.few_rows)
-        normed.unsafe_free()
+        product(output.unsafe_ptr(), x.unsafe_ptr(), w.unsafe_ptr(), b.unsafe_ptr(), x.dim_size(0), x.dim_size(1),
+                w.dim_size(0), Self.few_rows)
 
 
 @always_inline
@@ -124,22 +86,20 @@ def rounded(xp: Pointer[Float32, _], m_rows: Int, k_dim: Int) -> Pointer[BFloat1
 
 
 @always_inline
-def product[gelu: Bool](
+def product(
     op: Pointer[Float32, MutAnyOrigin],
     xp: Pointer[Float32, _],
     wp: Pointer[BFloat16, _],
     bp: Pointer[Float32, _],
-    rp: Pointer[Float32, _],
     m_rows: Int,
     k_dim: Int,
     n_dim: Int,
     few_rows: Int,
-    add: Bool = False,
 ):
-    """Computes out[m, n] = (rp[m, n] if add) + act(sum_k x[m, k] * w[n, k] + b[n]), on every
-    core: by matvec for up to `few_rows` rows, else on x rounded to bfloat16."""
+    """Computes out[m, n] = sum_k x[m, k] * w[n, k] + b[n], on every core: by matvec for up to
+    `few_rows` rows, else on x rounded to bfloat16."""
     if m_rows <= few_rows:
-        matvec[gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add)
+        matvec[False](op, xp, wp, bp, op, m_rows, k_dim, n_dim)
         return
     var xb = rounded(xp, m_rows, k_dim)
     # One contiguous slice of the rows of w per core, as matvec.mojo splits them for many rows.
@@ -160,32 +120,30 @@ def product[gelu: Bool](
             for nt in range(n, n_tiled, 4):
                 var m = m0
                 while m + 4 <= m1:
-                    block[4, 4, gelu](op, xb, wp, bp, rp, k_dim, n_dim, add, nt, m, m0)
+                    block[4, 4](op, xb, wp, bp, k_dim, n_dim, nt, m, m0)
                     m += 4
                 if m + 2 <= m1:
-                    block[4, 2, gelu](op, xb, wp, bp, rp, k_dim, n_dim, add, nt, m, m0)
+                    block[4, 2](op, xb, wp, bp, k_dim, n_dim, nt, m, m0)
                     m += 2
                 if m < m1:
-                    block[4, 1, gelu](op, xb, wp, bp, rp, k_dim, n_dim, add, nt, m, m0)
+                    block[4, 1](op, xb, wp, bp, k_dim, n_dim, nt, m, m0)
             # The rows of w left after the tiles of four, one at a time.
             for nr in range(n_tiled, n_end):
                 for m in range(m0, m1):
-                    block[1, 1, gelu](op, xb, wp, bp, rp, k_dim, n_dim, add, nr, m, m0)
+                    block[1, 1](op, xb, wp, bp, k_dim, n_dim, nr, m, m0)
 
     sync_parallelize(rows, tasks)
     xb.unsafe_free()
 
 
 @always_inline
-def block[nw: Int, mx: Int, gelu: Bool](
+def block[nw: Int, mx: Int](
     op: Pointer[Float32, MutAnyOrigin],
     xb: Pointer[BFloat16, _],
     wp: Pointer[BFloat16, _],
     bp: Pointer[Float32, _],
-    rp: Pointer[Float32, _],
     k_dim: Int,
     n_dim: Int,
-    add: Bool,
     n: Int,
     m: Int,
     m_first: Int,
@@ -213,4 +171,4 @@ def block[nw: Int, mx: Int, gelu: Bool](
             # The last K % 32 products one by one: a product of two bfloat16 values is exact in float32.
             for k in range(k_vec, k_dim):
                 s += xb[unsafe_offset=(m + j) * k_dim + k].cast[F32]() * wp[unsafe_offset=(n + i) * k_dim + k].cast[F32]()
-            store[gelu](op, bp, rp, n_dim, add, m + j, n + i, s)
+            op[unsafe_offset=(m + j) * n_dim + n + i] = s + bp[unsafe_offset=n + i]
