@@ -26,6 +26,21 @@ def assert_greedy_equals_transformers(made, prompt_ids, n=64):
     assert ours_greedy(made.model, [prompt_ids], n)[0] == theirs
 
 
+def assert_decode_equals_recompute(model, rows: list[list[int]], tolerance: float = 1e-4, steps: int = 12):
+    """Greedy decode steps from `rows` (extended in place), each row's logits at every step
+    against `model.logits` recomputing its whole sequence, to within `tolerance`."""
+    generation = model.start(rows)
+    logits = generation.logits
+    for _ in range(steps):
+        for row, got in zip(rows, logits):
+            assert np.abs(got - model.logits([row])[0, -1]).max() <= tolerance, tolerance
+        nxt = logits.argmax(axis=-1)
+        for row, t in zip(rows, nxt):
+            row.append(int(t))
+        logits = generation.step(nxt)
+    generation.close()
+
+
 def test_greedy_64_tokens_equal_transformers_generate(hub):
     assert_greedy_equals_transformers(hub, hub.model.tokenizer.encode(PROMPTS[1]))
 
@@ -57,18 +72,7 @@ def test_decode_logits_equal_a_full_recompute_at_every_step(hub, batch, monkeypa
     # The decode kernels take eight rows at a time, or four, then one.
     more = ["Once upon a time", "In 1969, the first", "Dear Sir,", "Chapter 1", "It was a dark and stormy",
             "import numpy as np", "Q: What is 2 + 2?\nA:"]
-    rows = [model.tokenizer.encode(p) for p in (PROMPTS + more)[:batch]]
-    generation = model.start(rows)
-    logits = generation.logits
-    for _ in range(12):
-        for row, got in zip(rows, logits):
-            full = model.logits([row])[0, -1]
-            assert np.abs(got - full).max() <= 1e-4
-        nxt = logits.argmax(axis=-1)
-        for row, t in zip(rows, nxt):
-            row.append(int(t))
-        logits = generation.step(nxt)
-    generation.close()
+    assert_decode_equals_recompute(model, [model.tokenizer.encode(p) for p in (PROMPTS + more)[:batch]])
 
 
 @pytest.mark.parametrize("batch, length", [(1, FEW_ROWS - 1), (1, FEW_ROWS + 1), (8, FEW_ROWS // 8), (8, FEW_ROWS // 8 + 1)],
