@@ -42,7 +42,7 @@ gpt2: $(STAMP)
 # they are skipped).
 test: $(STAMP) $(SERVE_STAMP)
 	$(PY) -m pytest
-	$(SERVE_VENV)/bin/python -m pytest tests/test_serve.py
+	$(SERVE_VENV)/bin/python -m pytest tests/test_serve.py tests/test_serve_narrow.py
 
 $(STEPS): $(STAMP)
 	$(PY) -m checks $(@:s%=%)
@@ -63,7 +63,7 @@ eval: $(STAMP)
 	$(VENV)/bin/max-gpt2 eval --model $(MODEL)
 
 # MAX Serve pins transformers, so `serve` gets an environment of its own (the tests in it:
-# .venv-serve/bin/python -m pytest tests/test_serve.py).
+# .venv-serve/bin/python -m pytest tests/test_serve.py tests/test_serve_narrow.py).
 
 $(SERVE_STAMP): pyproject.toml constraints.txt
 	test -d $(SERVE_VENV) || $(PYTHON) -m venv $(SERVE_VENV)

@@ -2,12 +2,14 @@
 architecture) beside llama.cpp's own `llama-server`, on the same GPT-2 checkpoint, and our engine
 without a server for scale. Run it in the serve environment, with nothing else running:
 
-    .venv-serve/bin/python docs/serve_bench.py --model FOLDER --llama-server PATH --gguf FILE
+    .venv-serve/bin/python docs/serve_bench.py --model FOLDER --llama-server PATH --gguf FILE \
+        [--narrow] [--gguf-q8 FILE]
 
 FOLDER is a Hugging Face folder with tokenizer files; FILE the same weights as a float32 GGUF
 (bench's llama.cpp-f32 engine writes one: `max_gpt2.bench.peers._write_gguf`); PATH a
 `llama-server` built from llama.cpp's source (llama-cpp-python's sdist vendors it). Each server
-gets 8 slots. Prints, for our engine and each server: one stream's decode tokens/s (128 tokens
+gets 8 slots. `--narrow` adds our engine and our server with bfloat16 and with int8 weights
+(warm starts only), `--gguf-q8` llama-server on the same weights in q8_0. Prints, for our engine and each server: one stream's decode tokens/s (128 tokens
 after a 16-token prompt, greedy), 8 concurrent streams' tokens/s (64 tokens each, prefill
 included), time until /health answers (cold: MAX's cache emptied; warm: again), and the
 resident memory of the server's processes. A measurement script, not a test.
@@ -94,12 +96,17 @@ class Server:
         self.proc.wait(timeout=120)
 
 
-def engine(model: str) -> dict:
+# Our precisions: the engine's keyword arguments, and the server's options.
+PRECISIONS = {"float32": ({}, []), "bfloat16": ({"dtype": "bfloat16"}, ["--dtype", "bfloat16"]),
+              "int8": ({"quantize": "int8"}, ["--quantize", "int8"])}
+
+
+def engine(model: str, precision: str = "float32") -> dict:
     """Our engine without a server, in a process of its own: the same two workloads in token ids."""
     code = f"""
 import json, time, numpy as np
 from max_gpt2 import GPT2
-m = GPT2.from_pretrained({model!r}); m.compile(logits=False)
+m = GPT2.from_pretrained({model!r}, **{PRECISIONS[precision][0]!r}); m.compile(logits=False)
 ids = m.tokenizer.encode({PROMPT!r})
 list(m.generate_tokens([ids], 4))
 stamps = [time.perf_counter() for _ in m.generate_tokens([ids], {DECODE})]
@@ -116,24 +123,33 @@ def main() -> None:
     p.add_argument("--model", required=True, help="a Hugging Face folder with tokenizer files")
     p.add_argument("--llama-server", required=True, help="the llama-server binary")
     p.add_argument("--gguf", required=True, help="the same weights as a float32 GGUF file")
+    p.add_argument("--narrow", action="store_true", help="also our engine and server in bfloat16 and int8")
+    p.add_argument("--gguf-q8", metavar="FILE", help="also llama-server on the same weights in q8_0")
     args = p.parse_args()
-    results = {"engine (no server)": engine(args.model)}
+    precisions = list(PRECISIONS) if args.narrow else ["float32"]
+    results = {f"engine (no server) {precision}": engine(args.model, precision) for precision in precisions}
     cli = [str(Path(sys.executable).parent / "max-gpt2"), "serve", "--model", args.model, "--max-batch-size", str(BATCH)]
     with tempfile.TemporaryDirectory(prefix="serve-bench-cache-") as cold:
-        port = free_port()
         env = {**os.environ, "XDG_CACHE_HOME": cold}  # MAX's caches and ours, empty: a cold start
-        server = Server(cli + ["--port", str(port), "--metrics-port", str(free_port())], port, env)
-        cold_seconds = server.seconds_to_healthy
-        server.stop()
+        for precision in precisions:  # a first start compiles (cold), a second is measured (warm)
+            options = cli + PRECISIONS[precision][1]
+            cold_seconds = 0.0
+            for measured in (False, True):
+                port = free_port()
+                server = Server(options + ["--port", str(port), "--metrics-port", str(free_port())], port, env)
+                if measured:
+                    results[f"max-gpt2 serve {precision}"] = {**server.measure(args.model),
+                                                              "cold_seconds_to_healthy": round(cold_seconds, 1)}
+                cold_seconds = server.seconds_to_healthy
+                server.stop()
+    for name, gguf in (("f32", args.gguf), ("q8_0", args.gguf_q8)):
+        if gguf is None:
+            continue
         port = free_port()
-        server = Server(cli + ["--port", str(port), "--metrics-port", str(free_port())], port, env)
-        results["max-gpt2 serve"] = {**server.measure(args.model), "cold_seconds_to_healthy": round(cold_seconds, 1)}
+        server = Server([args.llama_server, "-m", gguf, "--port", str(port), "--parallel", str(BATCH),
+                         "-c", str(BATCH * 1024), "--threads", str(os.cpu_count()), "--no-webui"], port, dict(os.environ))
+        results[f"llama-server {name}"] = server.measure(args.model)
         server.stop()
-    port = free_port()
-    server = Server([args.llama_server, "-m", args.gguf, "--port", str(port), "--parallel", str(BATCH),
-                     "-c", str(BATCH * 1024), "--threads", str(os.cpu_count()), "--no-webui"], port, dict(os.environ))
-    results["llama-server f32"] = server.measure(args.model)
-    server.stop()
     print(json.dumps(results, indent=2))
 
 

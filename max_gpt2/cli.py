@@ -14,6 +14,7 @@ import sys
 import warnings
 
 from max_gpt2.errors import AssumedConfigWarning, GPT2Error
+from max_gpt2.precision import add_precision_options, precision_from
 from max_gpt2.progress import Status
 
 COMMANDS = ("chat", "generate", "verify", "inspect", "convert", "bench", "eval", "serve")
@@ -140,17 +141,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", metavar="PATH", help="a folder with tokenizer.json or vocab.json + merges.txt "
                                                        "(default: the checkpoint's own)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run (default: cpu)")
-    _precision_options(p)
-
-
-def _precision_options(p: argparse.ArgumentParser) -> None:
-    from max_gpt2.precision import DTYPES, QUANTIZATIONS
-
-    p.add_argument("--dtype", default="float32", choices=DTYPES,
-                   help="hold the weights in this dtype; activations stay float32 (default: float32, "
-                        "exactly as transformers computes)")
-    p.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
-                   help="hold the projections and the head in int8, a float32 scale per output row")
+    add_precision_options(p)
 
 
 def _config_option(p: argparse.ArgumentParser) -> None:
@@ -209,13 +200,6 @@ def sampling_from(args):
     check_max_new_tokens(args.max_new_tokens)
     return Sampling(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, seed=args.seed)
-
-
-def precision_from(args):
-    """--dtype and --quantize as a Precision; a combination that cannot run raises here, before loading."""
-    from max_gpt2.precision import Precision
-
-    return Precision(args.dtype, args.quantize)
 
 
 def load(args):

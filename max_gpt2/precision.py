@@ -71,6 +71,20 @@ class Precision:
         return f"{self.quantize} weights" if self.quantize else f"{self.dtype} weights"
 
 
+def add_precision_options(p) -> None:
+    """--dtype and --quantize on an argparse parser (every command that loads a model)."""
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="hold the weights in this dtype; activations stay float32 (default: float32, "
+                        "exactly as transformers computes)")
+    p.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
+                   help="hold the projections and the head in int8, a float32 scale per output row")
+
+
+def precision_from(args) -> Precision:
+    """--dtype and --quantize as a Precision; a combination that cannot run raises here, before loading."""
+    return Precision(args.dtype, args.quantize)
+
+
 # --- the arrays (numpy imported on use, as everywhere the command line may import) -----------
 
 

@@ -210,6 +210,7 @@ def test_serve_without_the_serve_extra_is_one_line_naming_it():
 @pytest.mark.parametrize("args, fragment", [
     (["--port", "70000"], "--port 70000 is not a port"),
     (["--max-batch-size", "0"], "--max-batch-size 0 must be at least 1"),
+    (["--dtype", "bfloat16", "--quantize", "int8"], "cannot be combined with dtype='bfloat16'"),
 ])
 def test_a_bad_serve_option_is_one_line_before_anything_starts(args, fragment):
     assert_one_clear_error(run("serve", "--model", "/nonexistent", *args), fragment)

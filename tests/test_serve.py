@@ -45,12 +45,12 @@ def free_port() -> int:
 class Server:
     """`max-gpt2 serve` in a subprocess, its stderr collected for the failure messages."""
 
-    def __init__(self, model_path, max_batch_size: int = 4) -> None:
+    def __init__(self, model_path, max_batch_size: int = 4, options: tuple[str, ...] = ()) -> None:
         self.port, metrics = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{metrics}/metrics"
         command = [sys.executable, "-m", "max_gpt2.cli", "serve", "--model", str(model_path), "--port", str(self.port),
-                   "--metrics-port", str(metrics), "--max-batch-size", str(max_batch_size),
+                   "--metrics-port", str(metrics), "--max-batch-size", str(max_batch_size), *options,
                    "--", "--served-model-name", MODEL]
         self.log: list[str] = []
         # A small body limit (MAX Serve's default is 100 MiB) so the oversize-body test sends little.

@@ -7,6 +7,7 @@ tokenizer and the HTTP side; this file says how GPT-2 fits into them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,8 +30,16 @@ from max.pipelines.modeling.config_enums import SupportedEncoding, supported_enc
 from max.pipelines.modeling.types import PipelineTask
 
 from max_gpt2.config import GPT2Config
+from max_gpt2.precision import QUANTIZATIONS, Precision, for_max
+from max_gpt2.serve.launch import PRECISION_ENV
 from max_gpt2.serve.network import GPT2PagedLMHeadModel
 from max_gpt2.weights import Stored, adapt, check, to_numpy
+
+
+def served_precision() -> Precision:
+    """The precision PRECISION_ENV names (a bad name is refused by Precision in one line)."""
+    name = os.environ.get(PRECISION_ENV, "float32")
+    return Precision(quantize=name) if name in QUANTIZATIONS else Precision(dtype=name)
 
 
 def gpt2_config(huggingface_config) -> GPT2Config:
@@ -49,6 +58,7 @@ class GPT2ArchConfig(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
     SUPPORTED_ENCODINGS: ClassVar[set[SupportedEncoding]] = {"float32"}
 
     gpt2: GPT2Config
+    precision: Precision
     dtype: DType
     max_seq_len: int
     kv_params: KVCacheParams
@@ -69,7 +79,10 @@ class GPT2ArchConfig(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
         encoding = _select_quantization_encoding(model_config, cls.DEFAULT_ENCODING)
         devices = [DeviceRef(spec.device_type, spec.id) for spec in model_config.device_specs]
         cache_dtype = cache_dtype_for_encoding(encoding, model_config.kv_cache.kv_cache_format)
-        return cls(gpt2=gpt2_config(model_config.huggingface_config), dtype=supported_encoding_dtype(encoding),
+        gpt2 = gpt2_config(model_config.huggingface_config)
+        precision = served_precision()
+        precision.check(gpt2)
+        return cls(gpt2=gpt2, precision=precision, dtype=supported_encoding_dtype(encoding),
                    max_seq_len=max_seq_len, devices=devices,
                    kv_params=cls.construct_kv_params(model_config.huggingface_config, pipeline_config, devices,
                                                      model_config.kv_cache, cache_dtype))
@@ -132,8 +145,20 @@ class GPT2PipelineModel(ModuleV3PipelineModelWithKVCache[TextContext]):
     def _create_model_config(self, state_dict: dict[str, Any]) -> GPT2ArchConfig:
         return self.arch_config
 
+    def _prepare_state_dict(self, state_dict: dict[str, Any], model_config: GPT2ArchConfig) -> dict[str, Any]:
+        """The weights in the served precision, narrowed as our engine narrows them (one copy:
+        the float32 arrays are dropped as the narrow ones replace them)."""
+        from max_gpt2.engine import narrow_state
+
+        state = narrow_state(state_dict, model_config.gpt2, model_config.precision)
+        return {name: for_max(array) for name, array in state.items()}
+
     def _instantiate_module(self, model_config: GPT2ArchConfig) -> GPT2PagedLMHeadModel:
-        module = GPT2PagedLMHeadModel(model_config.gpt2, self.kv_params)
+        from max_gpt2.narrow import narrow
+
+        # Narrow weights swap in our modules that hold them, under the same names; the
+        # projections and the head then take our narrow kernels through `project`.
+        module = narrow(GPT2PagedLMHeadModel(model_config.gpt2, self.kv_params), model_config.precision)
         module.to(self.devices[0])
         return module
 

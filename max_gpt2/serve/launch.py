@@ -8,6 +8,8 @@ What it adds to a bare `max serve --custom-architectures max_gpt2.serve`:
 - any checkpoint max-gpt2 reads: MAX Serve reads a Hugging Face folder of safetensors whose
   config.json names GPT2LMHeadModel, so anything else is converted into one first (once,
   kept in our cache folder);
+- weights in bfloat16 or int8 (`--dtype`, `--quantize`), as in every other command: MAX
+  Serve's model worker narrows them as it loads (max_gpt2/serve/architecture.py);
 - progress lines while the model loads and compiles, one line of error if it does not start.
 """
 
@@ -26,9 +28,15 @@ from collections import deque
 from pathlib import Path
 
 from max_gpt2.errors import ServeError
+from max_gpt2.precision import Precision, add_precision_options, precision_from
 from max_gpt2.progress import Status, Waiting
 
 ARCHITECTURE = "GPT2LMHeadModel"
+# How the served weights are held: "float32" (the default), "bfloat16" or "int8", as `--dtype`
+# and `--quantize` say. Passed to MAX's model worker, which inherits the environment, because
+# MAX Serve's own --quantization-encoding has no int8 of ours and would also narrow the
+# key/value cache and the activations, which our kernels keep in float32.
+PRECISION_ENV = "MAX_GPT2_WEIGHTS"
 # Modules MAX Serve needs that the plain `max` wheel does not bring: their absence means the extra is missing.
 SERVE_MODULES = ("pydantic_settings", "fastapi", "uvicorn", "sse_starlette", "prometheus_client")
 
@@ -43,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the Prometheus /metrics port (default: the API's port + 1)")
     p.add_argument("--max-batch-size", type=int, metavar="N",
                    help="most requests decoded together (default: chosen by MAX Serve)")
+    add_precision_options(p)
     p.add_argument("--verbose", action="store_true", help="show MAX Serve's whole log while it starts")
     p.add_argument("max_serve_args", nargs=argparse.REMAINDER, metavar="-- MAX_SERVE_OPTION",
                    help="options after `--` go to `max serve` as they are (see `max serve --help`)")
@@ -54,12 +63,13 @@ def run(args) -> int:
             raise ServeError(f"{name} {port} is not a port: give a number from 1 to 65535")
     if args.max_batch_size is not None and args.max_batch_size < 1:
         raise ServeError(f"--max-batch-size {args.max_batch_size} must be at least 1")
+    precision = precision_from(args)
     require_serve_extra()
     status = Status()
-    model = servable_folder(args.model, status)
+    model = servable_folder(args.model, status, precision)
     command = max_serve_command(model, args)
-    env = dict(os.environ, OTEL_SDK_DISABLED="true",
-               MAX_SERVE_METRICS_ENDPOINT_PORT=str(args.metrics_port or args.port + 1))
+    env = dict(os.environ, OTEL_SDK_DISABLED="true", MAX_SERVE_METRICS_ENDPOINT_PORT=str(args.metrics_port or args.port + 1))
+    env[PRECISION_ENV] = precision.quantize or precision.dtype
     return supervise(command, env, status, f"http://{_host(args.host)}:{args.port}", verbose=args.verbose)
 
 
@@ -72,7 +82,7 @@ def require_serve_extra() -> None:
                          "pip install 'max-gpt2[serve]' (in its own environment: it pins transformers)")
 
 
-def servable_folder(source: str, say) -> Path:
+def servable_folder(source: str, say, precision: Precision = Precision()) -> Path:
     """A folder MAX Serve can load with our architecture: the checkpoint's own when it is one,
     else the checkpoint converted into one (kept in our cache, found again next time)."""
     from max_gpt2.engine import expected_shapes
@@ -82,6 +92,7 @@ def servable_folder(source: str, say) -> Path:
     found = resolve(source)
     # Checked here, where a mistake is one line, rather than in MAX Serve's worker, where it is a traceback.
     check(adapt(found.tensors, found.config), expected_shapes(found.config), found.config, found.source)
+    precision.check(found.config)
     folder = found.path if found.path is not None and found.path.is_dir() else found.folder
     if found.format == "huggingface" and folder is not None and _servable(folder):
         return folder

@@ -11,7 +11,8 @@ The projections and the head run as in our own engine's decode step (max_gpt2/de
 `matvec`: the layer norm, GELU or residual in the same launch). Its kernels choose by the
 batch's rows as it runs: our matrix-vector product for a decode batch, one row per request,
 which streams the weights; MAX's matmul for a prefill's hundreds of rows, which are
-compute-bound.
+compute-bound. Narrow weights (bfloat16, int8: max_gpt2/narrow.py, swapped in by the pipeline
+model) take our narrow kernels at every row count.
 
 Shapes in comments: N tokens in the batch, B requests, C n_embd, H heads, D head dim, V vocabulary.
 """
