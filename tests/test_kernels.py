@@ -25,13 +25,13 @@ from max_gpt2.decode import FEW_ROWS, decode_attention, matvec  # noqa: E402
 
 # K: two 16-lane vectors and 8 left over, or 1000, wider than 768 as the MLP's c_proj (3072)
 # is. N: rows of w, which the kernel splits into one slice per core (batches of 8 rows or more)
-# or four (fewer rows); at 1029, on 1 to 64 cores, some slice has rows left after its tiles of
-# four rows of w.
-KS, N = (40, 1000), 1029
+# or four (fewer rows); at 1031, on 1 to 64 cores, some slice has rows left after its tiles of
+# three rows of w (8 to 11 rows of x) and some after its tiles of four (the other batches).
+KS, N = (40, 1000), 1031
 # Rows of x: one; fewer than a block of four; a block of four, and four with every remainder
-# (1, 2, 2 + 1); a block of eight, and eight with every remainder (1, 2, 2 + 1, 4, 4 + 2 + 1);
-# two blocks of eight.
-ROWS = [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 15, 16]
+# (1, 2, 2 + 1); a block of eight, and eight with every remainder (1, 2, 2 + 1); two blocks of
+# six, and two with every remainder (2 + 1, 4); then one more block of six.
+ROWS = [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 15, 16, 18]
 
 
 def compiled(fn, *types):

@@ -165,12 +165,19 @@ def matvec[gelu: Bool, wdt: DType](
     def rows(task: Int) {imm}:
         var n_end = min((task + 1) * per_task, n_dim)
         var n = task * per_task
-        # Four rows of w against eight rows of x at a time (32 sums), or against four (16 sums)
-        # for batches of four to seven rows, so that each load of w feeds eight or four
-        # multiply-adds. Four rows of w measured fastest; eight no longer keep their sums in
-        # registers.
-        if m_rows >= 8:
-            n = tiles[4, 8, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
+        # A tile of sums in registers, so that each load of w feeds several rows of x and each
+        # load of x several rows of w. AVX-512 has 32 registers: a tile of 24 sums leaves room
+        # for its loads of w and x. Three rows of w against eight rows of x for a batch of 8 to
+        # 11 rows; four against six for 12 rows or more (a short prompt); four against four for
+        # four to seven rows. The 4 x 8 tile these replaced held 32 sums, with nothing left for
+        # the loads. Against it, in three rounds of interleaved processes (docs/benchmarks.md):
+        # batch-8 decode from 319-322 to 331-353 tokens/s in float32 and from 404-407 to 430-453
+        # in bfloat16, a 16-row prefill from 33.5-35.2 to 32.2-32.8 ms, a 32-row one from
+        # 59.5-61.3 to 53.4-55.1 ms.
+        if m_rows >= 12:
+            n = tiles[4, 6, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
+        elif m_rows >= 8:
+            n = tiles[3, 8, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
         elif m_rows >= 4:
             n = tiles[4, 4, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
         # Batch 1 (and what is left): one row of w at a time, streamed front to back.
