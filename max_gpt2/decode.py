@@ -25,7 +25,7 @@ from max.graph import Dim
 
 from max_gpt2.config import TANH_GELU, GPT2Config
 from max_gpt2.graphs import kernel_library
-from max_gpt2.model import GPT2Block, GPT2Prefill, LayerNorm, activation
+from max_gpt2.model import GPT2Attention, GPT2Block, GPT2LMHeadModel, GPT2Prefill, LayerNorm, activation
 from max_gpt2.narrow import replace
 
 
@@ -127,11 +127,73 @@ class KernelLinear(Module):
         return matvec(x, self.weight, self.bias if isinstance(self.bias, Tensor) else None)
 
 
-class GPT2KernelPrefill(GPT2Prefill):
-    """GPT2Prefill for float32 weights on a CPU, its Linear modules and its head by `matvec`: a
-    short prompt (the time to a first token) goes through our matvec, which is faster than MAX's
-    matmul for few rows, and a long one through MAX's matmul as before. The head sees one row
-    per prompt, so a batch of up to FEW_ROWS prompts takes matvec there at any length."""
+def prompt_attention(qkv: Tensor, past_k: Tensor, past_v: Tensor, mask: Tensor, scale: float) -> Tensor:
+    """A prompt's causal attention by our kernel (kernels/prefill_attention.mojo): qkv (B, T, 3C)
+    from c_attn, the cache (B, H, P, D), mask (B, 1, T, P + T) as GPT2Model.forward_cached makes
+    it. Returns the attention with its heads merged, (B, T, C)."""
+    b, t, _ = qkv.shape
+    c = past_k.shape[1] * past_k.shape[3]
+    return F.custom("gpt2_prefill_attention", qkv.device, [qkv, past_k, past_v, mask],
+                    [TensorType(qkv.dtype, [b, t, c], device=qkv.device)],
+                    parameters={"scale": float(scale)}, custom_extensions=kernel_library())[0]
+
+
+def causal_attention(qkv: Tensor, heads: int, scale: float) -> Tensor:
+    """`prompt_attention` with no cache and no padding, the causal mask alone (GPT2Attention.forward):
+    qkv (B, T, 3C) -> (B, T, C)."""
+    b, t, c3 = qkv.shape
+    return F.custom("gpt2_causal_attention", qkv.device, [qkv],
+                    [TensorType(qkv.dtype, [b, t, int(c3) // 3], device=qkv.device)],
+                    parameters={"scale": float(scale), "heads": int(heads)}, custom_extensions=kernel_library())[0]
+
+
+class KernelAttention(GPT2Attention):
+    """GPT2Attention whose attention over many tokens is our kernel (`prompt_attention`,
+    `causal_attention`), with the same modules."""
+
+    def __init__(self, attn: GPT2Attention) -> None:
+        self.n_head, self.head_dim, self.scale = attn.n_head, attn.head_dim, attn.scale
+        self.c_attn, self.c_proj = attn.c_attn, attn.c_proj
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.c_proj(causal_attention(self.c_attn(x), self.n_head, self.scale))
+
+    def forward_cached(self, x, mask, past_k, past_v):
+        qkv = self.c_attn(x)  # (B, T, 3C)
+        out = prompt_attention(qkv, past_k, past_v, mask, self.scale)
+        c = self.n_head * self.head_dim
+        _, k, v = (self.split_heads(part) for part in F.split(qkv, [c, c, c], axis=2))
+        return self.c_proj(out), F.concat([past_k, k], axis=2), F.concat([past_v, v], axis=2)
+
+
+def kernel_attention(model: Module) -> Module:
+    """`model` with each GPT2Attention a KernelAttention, in place."""
+    return replace(model, lambda name, module: KernelAttention(module) if isinstance(module, GPT2Attention) else None)
+
+
+class GPT2KernelLogits(GPT2LMHeadModel):
+    """GPT2LMHeadModel on a CPU: the sequence's attention by our kernel."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        kernel_attention(self)
+
+
+class GPT2KernelAttentionPrefill(GPT2Prefill):
+    """GPT2Prefill on a CPU, whatever its weights: a prompt's attention by our kernel, which
+    scores only the keys each token may see (MAX's two products score them all)."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        kernel_attention(self)
+
+
+class GPT2KernelPrefill(GPT2KernelAttentionPrefill):
+    """GPT2KernelAttentionPrefill for float32 weights, its Linear modules and its head by
+    `matvec`: a short prompt (the time to a first token) goes through our matvec, which is
+    faster than MAX's matmul for few rows, and a long one through MAX's matmul as before. The
+    head sees one row per prompt, so a batch of up to FEW_ROWS prompts takes matvec there at
+    any length."""
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)

@@ -47,9 +47,9 @@ class GPT2(TextAPI):
         progress: Callable[[str], None] | None = None,
     ) -> None:
         """`dtype` and `quantize`: how the weights are held (max_gpt2/precision.py); a float32
-        `state` is converted. `decode_kernels`: run decode steps, and the projections of a float32
-        prefill, with our Mojo kernels (default: on a CPU, where they are faster; an accelerator
-        runs MAX's ops)."""
+        `state` is converted. `decode_kernels`: run decode steps, the projections of a float32
+        prefill, and the attention of every prompt and sequence, with our Mojo kernels (default:
+        on a CPU, where they are faster; an accelerator runs MAX's ops)."""
         self.config = config
         self.path = path  # the checkpoint's local folder or file, None for an in-memory one
         self.precision = Precision(dtype, quantize)
@@ -141,7 +141,7 @@ class GPT2(TextAPI):
     def _compile(self, name: str):
         import time
 
-        from max_gpt2.decode import GPT2Decode, GPT2KernelPrefill
+        from max_gpt2.decode import GPT2Decode, GPT2KernelAttentionPrefill, GPT2KernelLogits, GPT2KernelPrefill
         from max_gpt2.graphs import compile_module
         from max_gpt2.model import GPT2LMHeadModel, GPT2Prefill
 
@@ -150,11 +150,14 @@ class GPT2(TextAPI):
         start = time.perf_counter()
         weights, precision = self._weights(), self.precision
         if name == "logits":
-            compiled = compile_module(GPT2LMHeadModel, self.config, [self._type(np.int64, "batch", "seqlen")],
+            logits = GPT2KernelLogits if self.decode_kernels else GPT2LMHeadModel
+            compiled = compile_module(logits, self.config, [self._type(np.int64, "batch", "seqlen")],
                                       weights, device=self.device, precision=precision)
         elif name == "prefill":
             # Narrow weights reach our kernels through their own modules (max_gpt2/narrow.py).
-            prefill = GPT2KernelPrefill if self.decode_kernels and precision.exact else GPT2Prefill
+            prefill = GPT2Prefill
+            if self.decode_kernels:
+                prefill = GPT2KernelPrefill if precision.exact else GPT2KernelAttentionPrefill
             compiled = compile_module(prefill, self.config, self._step_types("seqlen"), weights,
                                       device=self.device, precision=precision)
         elif name == "decode":

@@ -21,7 +21,7 @@ from max.dtype import DType  # noqa: E402
 from max.experimental import compilation  # noqa: E402
 from max.experimental.tensor import Tensor, TensorType  # noqa: E402
 
-from max_gpt2.decode import FEW_ROWS, decode_attention, matvec  # noqa: E402
+from max_gpt2.decode import FEW_ROWS, causal_attention, decode_attention, matvec, prompt_attention  # noqa: E402
 
 # K: two 16-lane vectors and 8 left over, or 1000, wider than 768 as the MLP's c_proj (3072)
 # is. N: rows of w, which the kernel splits into one slice per core (batches of 8 rows or more)
@@ -147,6 +147,55 @@ def test_decode_attention_equals_numpy():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(k, k_new)
     np.testing.assert_array_equal(v, v_new)
+
+
+# Prompts of T tokens after P cached ones: T = 19 is two blocks of eight queries and 3 left
+# over; with P = 0 the last query sees 19 keys (one tile of 32 keys, partly filled), with P = 30
+# it sees 49 (a second tile). T = 1 is one query alone.
+@pytest.mark.parametrize("t, past", [(19, 0), (19, 30), (1, 4)])
+def test_prompt_attention_equals_numpy(t, past):
+    rows, heads, d = 2, 3, 20  # head size 20: a 16-lane vector and 4 left over
+    scale = 0.3
+    rng = np.random.default_rng(t + past)
+    qkv = rng.standard_normal((rows, t, 3 * heads * d), dtype=np.float32)
+    past_k = rng.standard_normal((rows, heads, past, d), dtype=np.float32)
+    past_v = rng.standard_normal((rows, heads, past, d), dtype=np.float32)
+    # The mask GPT2Model.forward_cached makes: causal, plus each row's padding and biases.
+    key_mask = np.zeros((rows, past + t), np.float32)
+    key_mask[0, : past + 2] = -1e9  # row 0 left-padded: its first queries see only padding
+    key_mask[1, -1] = -3.0  # a bias, not a hidden position: it still counts
+    causal = np.triu(np.full((t, past + t), -np.inf, np.float32), k=past + 1)
+    mask = (causal[None] + key_mask[:, None, :])[:, None]  # (B, 1, T, P + T)
+
+    f32 = lambda *shape: TensorType(DType.float32, shape, device=CPU())  # noqa: E731
+    graph = compiled(lambda *a: prompt_attention(*a, scale), f32("b", "t", 3 * heads * d),
+                     f32("b", heads, "p", d), f32("b", heads, "p", d), f32("b", 1, "t", "s"))
+    (out,) = run(graph, qkv, past_k, past_v, mask)
+
+    q, k_new, v_new = (part.reshape(rows, t, heads, d).transpose(0, 2, 1, 3) for part in np.split(qkv, 3, axis=-1))
+    keys = np.concatenate([past_k, k_new], axis=2)  # (B, H, P + T, D)
+    values = np.concatenate([past_v, v_new], axis=2)
+    scores = (q @ keys.transpose(0, 1, 3, 2)) * scale + mask  # (B, H, T, P + T)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = (weights @ values).transpose(0, 2, 1, 3).reshape(rows, t, heads * d)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_attention_equals_numpy():
+    """The variant with no cache and no mask to read (the logits graph): 19 queries, two blocks
+    and 3 over, and a head size with a remainder, as above."""
+    rows, t, heads, d, scale = 2, 19, 3, 20, 0.3
+    qkv = np.random.default_rng(1).standard_normal((rows, t, 3 * heads * d), dtype=np.float32)
+    f32 = lambda *shape: TensorType(DType.float32, shape, device=CPU())  # noqa: E731
+    (out,) = run(compiled(lambda a: causal_attention(a, heads, scale), f32("b", "t", 3 * heads * d)), qkv)
+
+    q, k, v = (part.reshape(rows, t, heads, d).transpose(0, 2, 1, 3) for part in np.split(qkv, 3, axis=-1))
+    scores = (q @ k.transpose(0, 1, 3, 2)) * scale + np.triu(np.full((t, t), -np.inf, np.float32), k=1)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = (weights @ v).transpose(0, 2, 1, 3).reshape(rows, t, heads * d)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_matvec_refuses_combinations_its_kernels_do_not_have():
