@@ -56,6 +56,7 @@ struct CausalAttention[scale: Float64, heads: Int]:
         qkv: InputTensor[dtype=F32, rank=3, ...],
         ctx: DeviceContext,
     ) raises:
+        # No cache (past = 0) and no mask to add: the cache and mask pointers are never read.
         attend[Self.scale, False](output.unsafe_ptr(), qkv.unsafe_ptr(), qkv.unsafe_ptr(), qkv.unsafe_ptr(),
                                   qkv.unsafe_ptr(), qkv.dim_size(0), qkv.dim_size(1), Self.heads, 0,
                                   output.dim_size(2) // Self.heads)
@@ -104,6 +105,8 @@ def attend[scale: Float64, masked: Bool = True](
         for t in range(t_new):
             var row = qkvp.unsafe_offset((b * t_new + t) * 3 * width + h * d_head)
             for d in range(d_head):
+                # The scale on q, once, rather than on every score (MAX's ops scale the scores:
+                # the same up to rounding, exact for GPT-2's 1/8).
                 qs[unsafe_offset=t * d_pad + d] = row[unsafe_offset=d] * Float32(scale)
                 kt[unsafe_offset=d * kt_row + past + t] = row[unsafe_offset=width + d]
                 vs[unsafe_offset=(past + t) * d_pad + d] = row[unsafe_offset=2 * width + d]
@@ -164,7 +167,7 @@ def attend[scale: Float64, masked: Bool = True](
             for r in range(nq, QB):
                 for j in range(seen):
                     sc[unsafe_offset=r * kt_row + j] = 0
-            # The weighted sums of values: each vector of values feeds the four queries.
+            # The weighted sums of values: each vector of values feeds the block's eight queries.
             for d in range(0, d_pad, VS * W):
                 var acc = Array[SIMD[F32, W], QB * VS](fill=SIMD[F32, W](0))
                 for j in range(seen):
