@@ -8,8 +8,9 @@ for a prefill's many rows and wrong for one; our `matvec` streams each weight ro
 uses it for every row of x while it is in cache. Each kernel launch also has a fixed cost near
 what a small projection takes to read, so the pieces around each projection (a layer norm
 before, GELU after, the residual add) go in the same launch, and attention is one launch per
-layer (`decode_attention`) instead of some twenty small MAX ops. With int8 weights a whole
-block is one launch (`decode_block`): an int8 step is short enough for its launches to weigh.
+layer (`decode_attention`) instead of some twenty small MAX ops. A decode step goes further: a
+whole block is one launch (`decode_block`), whose cores wait for each other between its stages
+without going to sleep.
 
 Shapes in comments: B batch, P cached positions, C n_embd, H heads, D head dim, L layers,
 V vocabulary.
@@ -220,23 +221,25 @@ def decode_attention(qkv: Tensor, past_k: Tensor, past_v: Tensor, key_mask: Tens
 
 
 def decode_block(block: GPT2Block, x: Tensor, key_mask: Tensor, past_k: Tensor, past_v: Tensor):
-    """A block with int8 weights for one new token per row in one launch (kernels/block.mojo):
-    x (B, 1, C) and the block's cache as for `decode_attention`. Returns x after the block
-    (B, 1, C) and the new token's key and value (B, H, 1, D)."""
+    """A block for one new token per row in one launch (kernels/block.mojo): x (B, 1, C) and the
+    block's cache as for `decode_attention`. Returns x after the block (B, 1, C) and the new
+    token's key and value (B, H, 1, D)."""
     attn, mlp = block.attn, block.mlp
     if block.ln_1.eps != block.ln_2.eps:
         raise ValueError("decode_block: ln_1 and ln_2 must share one epsilon (one kernel parameter)")
     b, h, _, d = past_k.shape
+    int8 = row_scales(attn.c_attn) is not None
     inputs = [x.reshape([b, h * d]), past_k, past_v, key_mask, block.ln_1.weight, block.ln_1.bias]
     for i, linear in enumerate((attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)):
         bias = linear.bias if isinstance(linear.bias, Tensor) else zeros(linear.weight.shape[0], x)
-        inputs += [linear.weight, row_scales(linear), bias]
+        inputs += [linear.weight, *([row_scales(linear)] if int8 else []), bias]
         if i == 1:
             inputs += [block.ln_2.weight, block.ln_2.bias]
     types = [TensorType(x.dtype, [b, h * d], device=x.device)]
     types += [TensorType(x.dtype, [b, h, 1, d], device=x.device)] * 2
-    out, k, v = F.custom("gpt2_decode_block_scaled", x.device, inputs, types,
-                         parameters={"epsilon": float(block.ln_1.eps), "scale": float(attn.scale)},
+    out, k, v = F.custom("gpt2_decode_block_scaled" if int8 else "gpt2_decode_block", x.device, inputs, types,
+                         parameters={"epsilon": float(block.ln_1.eps), "scale": float(attn.scale)}
+                         | ({} if int8 else {"few_rows": FEW_ROWS}),
                          custom_extensions=kernel_library())
     return out.reshape([b, 1, h * d]), k, v
 
@@ -267,10 +270,11 @@ class GPT2Decode(GPT2Prefill):
         return self.final_logits(x[:, -1]), F.stack(ks), F.stack(vs)  # (B, V), (L, B, H, 1, D) twice
 
     def block(self, block: GPT2Block, x, key_mask, past_k, past_v):
-        """GPT2Block.forward_cached for one token: on a CPU, five launches of our kernels, or
-        one for int8 weights (`decode_block`, whose kernel has the tanh GELU only)."""
+        """GPT2Block.forward_cached for one token: on a CPU one launch of our kernels
+        (`decode_block`), or five for an activation other than the tanh GELU, the only one the
+        one-launch kernel has."""
         attn, mlp = block.attn, block.mlp
-        if self.kernels and row_scales(attn.c_attn) is not None and mlp.activation_function in TANH_GELU:
+        if self.kernels and mlp.activation_function in TANH_GELU:
             return decode_block(block, x, key_mask, past_k, past_v)
         qkv = self.project(x, attn.c_attn, norm=block.ln_1)  # (B, 1, 3C)
         if self.kernels:

@@ -63,8 +63,9 @@ def test_batch_text_equals_single_text(hub):
     assert hub.model.generate(PROMPTS, 24) == [hub.model.generate(p, 24) for p in PROMPTS]
 
 
-@pytest.mark.parametrize("batch", [2, 5, 9], ids=["one row at a time", "tiles of four rows and one left",
-                                                 "tiles of eight rows and one left"])
+@pytest.mark.parametrize("batch", [2, 5, 9, FEW_ROWS + 1],
+                         ids=["one row at a time", "tiles of four rows and one left", "tiles of eight rows and one left",
+                              "more rows than matvec takes: the block by stages, MAX's matmul"])
 def test_decode_logits_equal_a_full_recompute_at_every_step(hub, batch, monkeypatch):
     model = hub.model
     monkeypatch.setattr(cache, "CHUNK", 4)  # the cache grows (is copied) every 4 steps here
@@ -72,7 +73,8 @@ def test_decode_logits_equal_a_full_recompute_at_every_step(hub, batch, monkeypa
     # The decode kernels take eight rows at a time, or four, then one.
     more = ["Once upon a time", "In 1969, the first", "Dear Sir,", "Chapter 1", "It was a dark and stormy",
             "import numpy as np", "Q: What is 2 + 2?\nA:"]
-    assert_decode_equals_recompute(model, [model.tokenizer.encode(p) for p in (PROMPTS + more)[:batch]])
+    prompts = [f"{i} {p}" for i in range(4) for p in PROMPTS + more][:batch]  # distinct rows, however many
+    assert_decode_equals_recompute(model, [model.tokenizer.encode(p) for p in prompts])
 
 
 @pytest.mark.parametrize("batch, length", [(1, FEW_ROWS - 1), (1, FEW_ROWS + 1), (8, FEW_ROWS // 8), (8, FEW_ROWS // 8 + 1)],

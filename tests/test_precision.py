@@ -321,17 +321,18 @@ def test_narrow_greedy_tokens_equal_transformers_on_the_same_narrow_weights(narr
     assert [int(t[0]) for t in model.generate_tokens([prompt], 32)] == theirs
 
 
-@pytest.mark.parametrize("batch", [1, 5], ids=["one row", "tiles of four rows and one left"])
+@pytest.mark.parametrize("batch", [1, 5, 8], ids=["one row", "tiles of four rows and one left",
+                                                 "eight rows: tiles of eight, int8's block by stages"])
 def test_narrow_decode_logits_equal_a_full_recompute_at_every_step(narrow, hub, batch):
-    """Decode steps (for int8 one launch per block, kernels/block.mojo) against the prompt path
-    recomputing the whole sequence, for 12 steps. Both read the same narrow weights in the same
+    """Decode steps (one launch per block, kernels/block.mojo; int8's 8 rows by stages) against
+    the prompt path recomputing the whole sequence, for 12 steps. Both read the same narrow weights in the same
     kernels' arithmetic (a batch's prompts, padded to the longest, stay under BF16_FEW_ROWS rows,
     so bfloat16's x is not rounded in either), so only the order of float32 sums differs: float32's tolerance of
     tests/test_generation.py; for int8 plus what the rounding of x to digits may move the logits
     in each (`digits_bound`, twice), since x differs in its last bits between the two. A part of
     the block skipped or fed the wrong input is off by far more."""
     kind, model, _ = narrow
-    prompts = ["Once upon a time", "Dear Sir,", "Chapter 1", "The sky", "Hello"]
+    prompts = ["Dear Sir,", "Chapter 1", "The sky", "Hello", "Yes", "No", "Maybe", "Well"]
     rows = [hub.model.tokenizer.encode(p) for p in prompts[:batch]]
     assert batch * max(map(len, rows)) <= BF16_FEW_ROWS
     tolerance = 1e-4 + (2 * digits_bound(model, model.logits(rows[:1])) if kind == "int8" else 0)

@@ -101,7 +101,7 @@ def dot2(acc: SIMD[I32, 16], x: SIMD[I16, V], w: SIMD[I16, V]) -> SIMD[I32, 16]:
 
 
 def digits(
-    xp: Pointer[Float32, _], qp: Pointer[Int16, MutUntrackedOrigin], steps: Pointer[Float32, MutUntrackedOrigin],
+    xp: Pointer[Float32, _], qp: Pointer[Int16, MutAnyOrigin], steps: Pointer[Float32, MutAnyOrigin],
     m_rows: Int,
     k_dim: Int
 ):
@@ -142,46 +142,67 @@ def product[gelu: Bool](
 ):
     """Computes out[m, n] = (rp[m, n] if add) + act(sp[n] * sum_k x[m, k] * w[n, k] + b[n]), on every
     core, in integer arithmetic on x's digits."""
-    var qp = alloc[Int16](m_rows * k_dim)
-    var steps = alloc[Float32](m_rows)
+    var qp = alloc[Int16](m_rows * k_dim).unsafe_origin_cast[MutAnyOrigin]()
+    var steps = alloc[Float32](m_rows).unsafe_origin_cast[MutAnyOrigin]()
     digits(xp, qp, steps, m_rows, k_dim)
     # The rows of w split among tasks as in matvec.mojo, and for the same reasons.
     var tasks = num_physical_cores() * (1 if m_rows >= 8 else 4)
     var per_task = (n_dim + tasks - 1) // tasks
 
     def rows(task: Int) {imm}:
-        var n_end = min((task + 1) * per_task, n_dim)
-        var n = task * per_task
-        # Four rows of w against four rows of x (16 sums in registers): each widened vector of w
-        # feeds four dot products, and each vector of x four. A prompt's digits are taken a
-        # chunk of rows at a time, small enough to stay in L2 while every row of w of the task
-        # passes over them; all of them at once would come from L3 for every four rows of w.
-        if m_rows >= 4:
-            var chunk = max(4, L2_DIGITS // k_dim // 4 * 4)
-            var n_tiled = n + (n_end - n) // 4 * 4
-            for m0 in range(0, m_rows, chunk):
-                var m1 = min(m0 + chunk, m_rows)
-                for nt in range(n, n_tiled, 4):
-                    var m = m0
-                    while m + 4 <= m1:
-                        block[4, 4, gelu](op, qp, steps, wp, sp, bp, rp, k_dim, n_dim, add, nt, m, m0)
-                        m += 4
-                    if m + 2 <= m1:
-                        block[4, 2, gelu](op, qp, steps, wp, sp, bp, rp, k_dim, n_dim, add, nt, m, m0)
-                        m += 2
-                    if m < m1:
-                        block[4, 1, gelu](op, qp, steps, wp, sp, bp, rp, k_dim, n_dim, add, nt, m, m0)
-            n = n_tiled
-        # Few rows (and the rows of w left): one row of w at a time, streamed front to back.
-        while n < n_end:
-            for m in range(m_rows):
-                var s = dot(wp.unsafe_offset(n * k_dim), qp.unsafe_offset(m * k_dim), k_dim)
-                store[gelu](op, bp, rp, n_dim, add, m, n, Float32(s) * steps[unsafe_offset=m] * sp[unsafe_offset=n])
-            n += 1
+        product_rows[gelu](op, qp, steps, wp, sp, bp, rp, m_rows, k_dim, n_dim, add, task * per_task,
+                           min((task + 1) * per_task, n_dim))
 
     sync_parallelize(rows, tasks)
     qp.unsafe_free()
     steps.unsafe_free()
+
+
+@always_inline
+def product_rows[gelu: Bool](
+    op: Pointer[Float32, MutAnyOrigin],
+    qp: Pointer[Int16, _],
+    steps: Pointer[Float32, _],
+    wp: Pointer[Int8, _],
+    sp: Pointer[Float32, _],
+    bp: Pointer[Float32, _],
+    rp: Pointer[Float32, _],
+    m_rows: Int,
+    k_dim: Int,
+    n_dim: Int,
+    add: Bool,
+    n_start: Int,
+    n_end: Int,
+):
+    """Rows n_start..n_end of product's out from x's digits and steps, on the calling thread:
+    one task's part."""
+    var n = n_start
+    # Four rows of w against four rows of x (16 sums in registers): each widened vector of w
+    # feeds four dot products, and each vector of x four. A prompt's digits are taken a
+    # chunk of rows at a time, small enough to stay in L2 while every row of w of the task
+    # passes over them; all of them at once would come from L3 for every four rows of w.
+    if m_rows >= 4:
+        var chunk = max(4, L2_DIGITS // k_dim // 4 * 4)
+        var n_tiled = n + (n_end - n) // 4 * 4
+        for m0 in range(0, m_rows, chunk):
+            var m1 = min(m0 + chunk, m_rows)
+            for nt in range(n, n_tiled, 4):
+                var m = m0
+                while m + 4 <= m1:
+                    block[4, 4, gelu](op, qp, steps, wp, sp, bp, rp, k_dim, n_dim, add, nt, m, m0)
+                    m += 4
+                if m + 2 <= m1:
+                    block[4, 2, gelu](op, qp, steps, wp, sp, bp, rp, k_dim, n_dim, add, nt, m, m0)
+                    m += 2
+                if m < m1:
+                    block[4, 1, gelu](op, qp, steps, wp, sp, bp, rp, k_dim, n_dim, add, nt, m, m0)
+        n = n_tiled
+    # Few rows (and the rows of w left): one row of w at a time, streamed front to back.
+    while n < n_end:
+        for m in range(m_rows):
+            var s = dot(wp.unsafe_offset(n * k_dim), qp.unsafe_offset(m * k_dim), k_dim)
+            store[gelu](op, bp, rp, n_dim, add, m, n, Float32(s) * steps[unsafe_offset=m] * sp[unsafe_offset=n])
+        n += 1
 
 
 @always_inline

@@ -104,21 +104,30 @@ def layer_norm[epsilon: Float64](
     var per_task = (m_rows + tasks - 1) // tasks
 
     def rows(task: Int) {imm}:
-        for m in range(task * per_task, min((task + 1) * per_task, m_rows)):
-            var xr = xp.unsafe_offset(m * k_dim)
-            var out = normed.unsafe_offset(m * k_dim)
-            var mean = row_sum[False](xr, 0, k_dim) / Float32(k_dim)
-            var rstd = 1 / sqrt(row_sum[True](xr, mean, k_dim) / Float32(k_dim) + Float32(epsilon))
-            var k = 0
-            while k + W <= k_dim:
-                var d = xr.unsafe_load[width=W](k) - mean
-                out.unsafe_store(k, d * rstd * gp.unsafe_load[width=W](k) + bp.unsafe_load[width=W](k))
-                k += W
-            for kk in range(k, k_dim):
-                out[unsafe_offset=kk] = (xr[unsafe_offset=kk] - mean) * rstd * gp[unsafe_offset=kk] + bp[unsafe_offset=kk]
+        norm_rows[epsilon](normed.unsafe_origin_cast[MutAnyOrigin](), xp, gp, bp, task * per_task, min((task + 1) * per_task, m_rows), k_dim)
 
     sync_parallelize(rows, tasks)
     return normed
+
+
+@always_inline
+def norm_rows[epsilon: Float64](
+    normed: Pointer[Float32, MutAnyOrigin], xp: Pointer[Float32, _], gp: Pointer[Float32, _],
+    bp: Pointer[Float32, _], m_start: Int, m_end: Int, k_dim: Int
+):
+    """Rows m_start..m_end of x layer-normed into the same rows of `normed`, on the calling thread."""
+    for m in range(m_start, m_end):
+        var xr = xp.unsafe_offset(m * k_dim)
+        var out = normed.unsafe_offset(m * k_dim)
+        var mean = row_sum[False](xr, 0, k_dim) / Float32(k_dim)
+        var rstd = 1 / sqrt(row_sum[True](xr, mean, k_dim) / Float32(k_dim) + Float32(epsilon))
+        var k = 0
+        while k + W <= k_dim:
+            var d = xr.unsafe_load[width=W](k) - mean
+            out.unsafe_store(k, d * rstd * gp.unsafe_load[width=W](k) + bp.unsafe_load[width=W](k))
+            k += W
+        for kk in range(k, k_dim):
+            out[unsafe_offset=kk] = (xr[unsafe_offset=kk] - mean) * rstd * gp[unsafe_offset=kk] + bp[unsafe_offset=kk]
 
 
 @always_inline
@@ -163,31 +172,49 @@ def matvec[gelu: Bool, wdt: DType](
     var per_task = (n_dim + tasks - 1) // tasks
 
     def rows(task: Int) {imm}:
-        var n_end = min((task + 1) * per_task, n_dim)
-        var n = task * per_task
-        # A tile of sums in registers, so that each load of w feeds several rows of x and each
-        # load of x several rows of w. AVX-512 has 32 registers: a tile of 24 sums leaves room
-        # for its loads of w and x. Three rows of w against eight rows of x for a batch of 8 to
-        # 11 rows; four against six for 12 rows or more (a short prompt); four against four for
-        # four to seven rows. The 4 x 8 tile these replaced held 32 sums, with nothing left for
-        # the loads. Against it, in three rounds of interleaved processes (docs/benchmarks.md):
-        # batch-8 decode from 319-322 to 331-353 tokens/s in float32 and from 404-407 to 430-453
-        # in bfloat16, a 16-row prefill from 33.5-35.2 to 32.2-32.8 ms, a 32-row one from
-        # 59.5-61.3 to 53.4-55.1 ms.
-        if m_rows >= 12:
-            n = tiles[4, 6, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
-        elif m_rows >= 8:
-            n = tiles[3, 8, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
-        elif m_rows >= 4:
-            n = tiles[4, 4, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
-        # Batch 1 (and what is left): one row of w at a time, streamed front to back.
-        while n < n_end:
-            for m in range(m_rows):
-                var s = dot(wp.unsafe_offset(n * k_dim), xp.unsafe_offset(m * k_dim), k_dim)
-                store[gelu](op, bp, rp, n_dim, add, m, n, s)
-            n += 1
+        matvec_rows[gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, task * per_task,
+                          min((task + 1) * per_task, n_dim))
 
     sync_parallelize(rows, tasks)
+
+
+@always_inline
+def matvec_rows[gelu: Bool, wdt: DType](
+    op: Pointer[Float32, MutAnyOrigin],
+    xp: Pointer[Float32, _],
+    wp: Pointer[Scalar[wdt], _],
+    bp: Pointer[Float32, _],
+    rp: Pointer[Float32, _],
+    m_rows: Int,
+    k_dim: Int,
+    n_dim: Int,
+    add: Bool,
+    n_start: Int,
+    n_end: Int,
+):
+    """Rows n_start..n_end of matvec's out, on the calling thread: one task's part."""
+    var n = n_start
+    # A tile of sums in registers, so that each load of w feeds several rows of x and each
+    # load of x several rows of w. AVX-512 has 32 registers: a tile of 24 sums leaves room
+    # for its loads of w and x. Three rows of w against eight rows of x for a batch of 8 to
+    # 11 rows; four against six for 12 rows or more (a short prompt); four against four for
+    # four to seven rows. The 4 x 8 tile these replaced held 32 sums, with nothing left for
+    # the loads. Against it, in three rounds of interleaved processes (docs/benchmarks.md):
+    # batch-8 decode from 319-322 to 331-353 tokens/s in float32 and from 404-407 to 430-453
+    # in bfloat16, a 16-row prefill from 33.5-35.2 to 32.2-32.8 ms, a 32-row one from
+    # 59.5-61.3 to 53.4-55.1 ms.
+    if m_rows >= 12:
+        n = tiles[4, 6, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
+    elif m_rows >= 8:
+        n = tiles[3, 8, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
+    elif m_rows >= 4:
+        n = tiles[4, 4, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
+    # Batch 1 (and what is left): one row of w at a time, streamed front to back.
+    while n < n_end:
+        for m in range(m_rows):
+            var s = dot(wp.unsafe_offset(n * k_dim), xp.unsafe_offset(m * k_dim), k_dim)
+            store[gelu](op, bp, rp, n_dim, add, m, n, s)
+        n += 1
 
 
 @always_inline
