@@ -10,8 +10,8 @@
 # the runtime runs its tasks side by side or one after the other.
 #
 # Against five launches a block, in interleaved processes (docs/benchmarks.md): float32 decode
-# 2-22% faster at batch 1 and 4-9% at batch 8, int8 at batch 1 3-12%; bfloat16 and int8 at
-# batch 8 level. int8 batches of 8 rows or more run the stages as before, one parallel loop
+# 4-22% faster at batch 1 and 4-9% at batch 8, int8 at batch 1 3-13%; bfloat16 level but for
+# one pair, and int8 at batch 8 slower chunked (two pairs of three). int8 batches of 8 rows or more run the stages as before, one parallel loop
 # after another (`by_stages`), which measured faster for them; so do float32 batches past
 # matvec's rows, whose projections take MAX's matmul.
 
