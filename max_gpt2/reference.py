@@ -163,11 +163,11 @@ def load_reference(folder: str | Path | None, config: GPT2Config | None = None, 
     return model
 
 
-def reference_logits(model, input_ids) -> np.ndarray:
+def reference_logits(model, input_ids, dtype=np.float32) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return model(torch.as_tensor(np.asarray(input_ids, dtype=np.int64))).logits.float().numpy()
+        return model(torch.as_tensor(np.asarray(input_ids, dtype=np.int64))).logits.numpy().astype(dtype)
 
 
 def reference_greedy(model, prompt_ids, max_new_tokens: int, margins: list | None = None) -> list[int]:

@@ -149,6 +149,38 @@ def test_verify_passes_on_the_real_thing(hub):
     assert "✓ greedy tokens" in report.getvalue()
 
 
+@pytest.fixture(scope="module")
+def wide_weights(tmp_path_factory):
+    """Weights at std 1.0 in the hub fixture's shape (no new compile): logits that spread over
+    tens, whose float32 rounding differs between MAX and transformers by more than TOLERANCE."""
+    from max_gpt2.reference import ODD
+
+    path = tmp_path_factory.mktemp("std1")
+    reference = make_checkpoint(path, ODD, seed=3, initializer_range=1.0)
+    model = GPT2.from_pretrained(path)
+    assert worst_logit_gap(model, reference) > TOLERANCE  # else the tests below prove nothing new
+    return model
+
+
+def test_verify_passes_where_float32_rounding_alone_exceeds_the_tolerance(wide_weights):
+    """Both float32 results are measured against transformers in float64: MAX's is no farther
+    from it than FLOAT32_SPREAD times transformers' own."""
+    report = io.StringIO()
+    assert verify(wide_weights, out=report) == 0, report.getvalue()
+    assert "against float64" in report.getvalue() and "✓ greedy tokens" in report.getvalue()
+
+
+def test_verify_still_catches_the_skipped_transpose_on_such_weights(wide_weights):
+    state = dict(wide_weights.state)
+    for i in range(wide_weights.config.n_layer):
+        name = f"transformer.h.{i}.attn.c_proj.weight"
+        state[name] = np.ascontiguousarray(state[name].T)
+    sabotaged = GPT2(wide_weights.config, state, tokenizer=wide_weights.tokenizer, path=wide_weights.path)
+    report = io.StringIO()
+    assert verify(sabotaged, out=report) == 1, report.getvalue()
+    assert "✗ max |Δlogit|" in report.getvalue() and "against float64" in report.getvalue()
+
+
 def test_logits_match_at_the_full_124m_configuration(tmp_path):
     reference = make_checkpoint(tmp_path, GPT2Config(), "hub", initializer_range=0.02, tokenizer=False)
     model = GPT2.from_pretrained(tmp_path)
