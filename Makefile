@@ -1,7 +1,8 @@
 # The pip twin of pixi.toml: every pixi task has a target of the same name here, and
 # tests/test_tasks.py keeps the two lists in step. The first target run creates .venv.
 #   make gpt2        chat with GPT-2            (pixi run gpt2)
-#   make test        the test suite             (pixi run test)
+#   make test        the test suite             (pixi run test), then test-serve
+#   make test-serve  the serving tests in .venv-serve (pixi run test-serve)
 #   make s01 … s11   check a tutorial step      (pixi run s01 …); SOLUTIONS=1 checks solutions/
 #   make check-all   every step's checker       (pixi run check-all)
 #   make my-gpt2     run your own finished GPT-2 (steps/step_11.py)
@@ -21,7 +22,7 @@ STEPS := s01 s02 s03 s04 s05 s06 s07 s08 s09 s10 s11
 # TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu installs the CPU build instead.
 TORCH_INDEX_URL ?=
 
-.PHONY: setup gpt2 test check-all my-gpt2 bench verify eval serve $(STEPS)
+.PHONY: setup gpt2 test test-serve check-all my-gpt2 bench verify eval serve $(STEPS)
 
 setup: $(STAMP)
 
@@ -40,8 +41,11 @@ gpt2: $(STAMP)
 
 # The suite in .venv, then the serve tests in .venv-serve (MAX Serve's own environment: in .venv
 # they are skipped).
-test: $(STAMP) $(SERVE_STAMP)
+test: $(STAMP)
 	$(PY) -m pytest
+	$(MAKE) test-serve
+
+test-serve: $(SERVE_STAMP)
 	$(SERVE_VENV)/bin/python -m pytest tests/test_serve.py tests/test_serve_narrow.py
 
 $(STEPS): $(STAMP)

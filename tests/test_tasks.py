@@ -42,6 +42,12 @@ def test_check_all_and_my_gpt2_run_the_same_python_in_both():
         assert re.search(rf"^{name}:.*\n\t\$\(PY\) {re.escape(command)}$", text, re.M), name
 
 
+def test_both_test_tasks_end_with_the_serving_tests():
+    """The serving tests run in .venv-serve (MAX Serve pins transformers), from either tool."""
+    assert pixi_tasks()["test"].endswith("&& make test-serve")
+    assert re.search(r"^test:.*\n\t\$\(PY\) -m pytest\n\t\$\(MAKE\) test-serve$", (ROOT / "Makefile").read_text(), re.M)
+
+
 def test_ci_runs_the_readmes_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
