@@ -164,10 +164,12 @@ def load_reference(folder: str | Path | None, config: GPT2Config | None = None, 
 
 
 def reference_logits(model, input_ids, dtype=np.float32) -> np.ndarray:
+    """The model's logits as numpy `dtype` (float32, or float64 for a model run in float64)."""
     import torch
 
     with torch.no_grad():
-        return model(torch.as_tensor(np.asarray(input_ids, dtype=np.int64))).logits.numpy().astype(dtype)
+        logits = model(torch.as_tensor(np.asarray(input_ids, dtype=np.int64))).logits
+        return (logits.double() if dtype == np.float64 else logits.float()).numpy()
 
 
 def reference_greedy(model, prompt_ids, max_new_tokens: int, margins: list | None = None) -> list[int]:
