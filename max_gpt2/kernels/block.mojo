@@ -69,8 +69,8 @@ struct DecodeBlock[epsilon: Float64, scale: Float64, few_rows: Int]:
     ) raises:
         # A float weight has no scales: its bias stands in, never read. bfloat16 takes matvec at
         # every row count, as in the five launches (max_gpt2/narrow.py).
-        comptime matvec_rows_up_to = Self.few_rows if wdt == F32 else Int.MAX
-        block[Self.epsilon, Self.scale, matvec_rows_up_to](
+        comptime chunked_rows = Self.few_rows if wdt == F32 else Int.MAX
+        block[Self.epsilon, Self.scale, chunked_rows](
             x_out.unsafe_ptr(), new_k.unsafe_ptr(), new_v.unsafe_ptr(), x.unsafe_ptr(), past_k.unsafe_ptr(),
             past_v.unsafe_ptr(), key_mask.unsafe_ptr(), ln_1_w.unsafe_ptr(), ln_1_b.unsafe_ptr(),
             c_attn_w.unsafe_ptr(), c_attn_b.unsafe_ptr(), c_attn_b.unsafe_ptr(),
@@ -199,7 +199,7 @@ def chunked[gelu: Bool, wdt: DType](
     wait(counters, stage, chunks)
 
 
-def block[epsilon: Float64, scale: Float64, few_rows: Int, wdt: DType](
+def block[epsilon: Float64, scale: Float64, chunked_rows: Int, wdt: DType](
     xo: Pointer[Float32, MutAnyOrigin],
     kp: Pointer[Float32, MutAnyOrigin],
     vp: Pointer[Float32, MutAnyOrigin],
@@ -231,9 +231,10 @@ def block[epsilon: Float64, scale: Float64, few_rows: Int, wdt: DType](
 ) raises:
     """GPT2Block.forward_cached for one token per row, as GPT2Decode.block does it in five
     launches; the residual stream is kept in xo from the first residual add on. The s_ pointers
-    are int8 weights' row scales, read only for int8. More than `few_rows` rows go `by_stages`."""
-    if rows > few_rows:
-        by_stages[epsilon, scale, few_rows](xo, kp, vp, xp, pkp, pvp, mp, g1, b1, w_attn, s_attn, bias_attn, w_proj,
+    are int8 weights' row scales, read only for int8. More than `chunked_rows` rows go
+    `by_stages` (for float32 weights that is FEW_ROWS, the rows matvec takes)."""
+    if rows > chunked_rows:
+        by_stages[epsilon, scale, chunked_rows](xo, kp, vp, xp, pkp, pvp, mp, g1, b1, w_attn, s_attn, bias_attn, w_proj,
                                             s_proj, bias_proj, g2, b2, w_fc, s_fc, bias_fc, w_mlp, s_mlp, bias_mlp,
                                             rows, heads, past, d_head, inner)
         return
