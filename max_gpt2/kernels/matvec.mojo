@@ -209,7 +209,15 @@ def matvec_rows[gelu: Bool, wdt: DType](
         n = tiles[3, 8, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
     elif m_rows >= 4:
         n = tiles[4, 4, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
-    # Batch 1 (and what is left): one row of w at a time, streamed front to back.
+    else:
+        # Float32 at batch 1 to 3: four rows of w at a time against each row of x, so that four
+        # streams come from memory side by side. Against one row at a time, in five interleaved
+        # pairs of processes: float32 decode 3-29% faster at batch 1 (docs/benchmarks.md). Not
+        # for bfloat16 (11-23% slower) nor int8 (int8.mojo: about 30% slower), whose loops do
+        # more work a byte.
+        comptime if wdt == F32:
+            n = tiles[4, 1, gelu](op, xp, wp, bp, rp, m_rows, k_dim, n_dim, add, n, n_end)
+    # Batch 1 of narrow weights (and what is left): one row of w at a time, streamed front to back.
     while n < n_end:
         for m in range(m_rows):
             var s = dot(wp.unsafe_offset(n * k_dim), xp.unsafe_offset(m * k_dim), k_dim)
@@ -274,11 +282,13 @@ def block[nw: Int, mx: Int, gelu: Bool, wdt: DType](
     # Each row of w is read once, in one pass, at an even pace, by the first block (m = 0);
     # rows ahead are prefetched because the arithmetic keeps this loop too busy for the hardware
     # to fetch far enough ahead on its own (into L2, which measured better than into L1).
-    # Near the end of w the last rows are prefetched again, never memory past it.
+    # Near the end of w the last rows are prefetched again, never memory past it. A block of
+    # one row of x (batch 1) is not busy enough for that: there the prefetches cost more than
+    # they gave (float32 decode 69-80 tokens/s with them, 77-111 without, in interleaved pairs).
     var ahead = wp.unsafe_offset(min(n + AHEAD, n_dim - nw) * k_dim)
     var acc = Array[SIMD[F32, W], nw * mx](fill=SIMD[F32, W](0))  # acc[mx * i + j]: row n + i of w, row m + j of x
     for k in range(0, k_vec, W):
-        if m == 0:
+        if m == 0 and mx > 1:
             comptime for i in range(nw):
                 prefetch[FETCH](ahead.unsafe_offset(i * k_dim + k))
         var ws = Array[SIMD[F32, W], nw](uninitialized=True)
