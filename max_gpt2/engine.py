@@ -236,18 +236,21 @@ class GPT2(TextAPI):
         check_max_new_tokens(max_new_tokens)
         max_new_tokens = int(max_new_tokens)
         rows = [list(map(int, p)) for p in prompts]
+        if sliding_window:
+            rows = [r[-self.config.n_positions:] for r in rows]
+        self._check_prompts(rows)
+        return self._token_loop(rows, max_new_tokens, sampling.sampler(), sliding_window)
+
+    def _check_prompts(self, rows: list[list[int]]) -> None:
         if not rows or any(not r for r in rows):
             raise GenerationError("empty prompt: give at least one token")
         n_ctx = self.config.n_positions
-        if sliding_window:
-            rows = [r[-n_ctx:] for r in rows]
-        elif (longest := max(map(len, rows))) > n_ctx:
+        if (longest := max(map(len, rows))) > n_ctx:
             raise GenerationError(
                 f"the prompt is {longest} tokens; GPT-2 reads at most {n_ctx}: shorten it, or keep only its "
                 "end with a sliding window (sliding_window=True, --sliding-window)"
             )
         self._check_vocab(np.array([t for r in rows for t in r]))
-        return self._token_loop(rows, max_new_tokens, sampling.sampler(), sliding_window)
 
     def _token_loop(self, rows, max_new_tokens: int, sample, sliding_window: bool) -> Iterator[np.ndarray]:
         n_ctx = self.config.n_positions
@@ -274,6 +277,8 @@ class GPT2(TextAPI):
     def start(self, rows: list[list[int]], new_tokens: int = 1) -> Generation:
         """Runs prompts (token ids) through the prefill graph: a `Generation` whose `logits` are
         each row's next-token logits, to be continued with `step`."""
+        rows = [list(map(int, r)) for r in rows]
+        self._check_prompts(rows)
         return Generation(self, rows, new_tokens)
 
 
@@ -302,6 +307,12 @@ class Generation:
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """Feeds one token per row; returns (and keeps) the next logits [batch, vocab]."""
         model, cache = self.model, self.cache
+        n_ctx = model.config.n_positions
+        if (full := cache.next_position >= n_ctx).any():  # the new token would have no position
+            raise GenerationError(
+                f"row {int(np.argmax(full))} has used all {n_ctx} of GPT-2's positions: it cannot read another "
+                "token (generate_tokens(..., sliding_window=True) goes on from the last half of the context)"
+            )
         cache.reserve(cache.length + 1, model.cache_pool)
         if cache.device is None or model.cache_pool is None:  # an accelerator's tensors are copies
             cache.device = (model._tensor(cache.k), model._tensor(cache.v))

@@ -211,6 +211,22 @@ def test_generation_goes_as_far_as_transformers_at_the_context_limit(hub):
     assert result.finish_reason == "context"
 
 
+def test_a_generation_at_the_context_limit_refuses_another_token_in_one_line(hub):
+    """`start` and `step` are public: past the last position MAX's gather would fail with its own
+    message (an index out of bounds); the row and what to do instead are named."""
+    n_ctx = hub.config.n_positions
+    generation = hub.model.start([[5, 6], list(range(1000, 1000 + n_ctx))])
+    try:
+        with pytest.raises(GenerationError, match=f"row 1 has used all {n_ctx} of GPT-2's positions.*sliding_window"):
+            generation.step(np.array([1, 2]))
+    finally:
+        generation.close()
+    with pytest.raises(GenerationError, match=rf"the prompt is {n_ctx + 1} tokens; GPT-2 reads at most {n_ctx}"):
+        hub.model.start([list(range(n_ctx + 1))])
+    with pytest.raises(GenerationError, match="empty prompt"):
+        hub.model.start([[]])
+
+
 def test_a_batch_may_hold_more_tokens_than_one_context(hub):
     rows = [list(range(1000, 1100)), list(range(2000, 2090))]  # 190 tokens, each row < 128
     assert len(list(hub.model.generate_tokens(rows, 4))) == 4
