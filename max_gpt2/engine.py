@@ -242,6 +242,8 @@ class GPT2(TextAPI):
         return self._token_loop(rows, max_new_tokens, sampling.sampler(), sliding_window)
 
     def _check_prompts(self, rows: list[list[int]]) -> None:
+        """Refuses, in one line, prompts no graph can run. `start` checks them; `generate_tokens`
+        checks them too, before its first `next()`, because its loop starts only then."""
         if not rows or any(not r for r in rows):
             raise GenerationError("empty prompt: give at least one token")
         n_ctx = self.config.n_positions
